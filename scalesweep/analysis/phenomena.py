@@ -1,0 +1,202 @@
+"""The phenomenon catalog: declarative definitions in `analysis/*.yaml`.
+
+A phenomenon is what a researcher looks for in every run: a *strength*
+expression over the run's summaries, which direction is "more pronounced",
+a *presence* threshold, the smallest change that matters (`min_effect`), and
+optionally categorical *regimes* (e.g. the grokking phases of Liu et al.
+2022, "Towards Understanding Grokking") and an *alternative* continuous
+metric (Schaeffer et al. 2023, "Are Emergent Abilities of Large Language
+Models a Mirage?": a discontinuous metric can fake emergence, so the
+classifier re-checks the verdict on a continuous one).
+
+The YAML holds no code: expressions go through `expressions.py`, which only
+knows arithmetic, comparisons and a few numpy functions.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from scalesweep.analysis import expressions
+from scalesweep.errors import UserError, did_you_mean, unknown_name
+
+OTHER = "other"
+
+
+class Phenomenon(BaseModel):
+    """One phenomenon: how strong it is in a run, and when it counts as present."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    strength: str
+    direction: Literal["higher", "lower"] = "higher"
+    presence: float = 0.0
+    min_effect: float = Field(0.0, ge=0.0)
+    signed: bool = False
+    regimes: dict[str, str] | None = None
+    alternative: str | None = None
+    params: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("strength", "alternative")
+    @classmethod
+    def _parse_expr(cls, value: str | None) -> str | None:
+        if value is not None:
+            expressions.parse(value)
+        return value
+
+    @field_validator("regimes")
+    @classmethod
+    def _parse_regimes(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for cond in (value or {}).values():
+            expressions.parse(cond)
+        return value
+
+    def is_present(self, strength: np.ndarray | float) -> np.ndarray:
+        """Present when strength is beyond `presence` in `direction` (NaN: not)."""
+        s = np.asarray(strength, dtype=float)
+        with np.errstate(invalid="ignore"):
+            return s > self.presence if self.direction == "higher" else s < self.presence
+
+    def expressions_used(self) -> list[str]:
+        """Every expression of the phenomenon, for up-front name checks."""
+        exprs = [self.strength, *(self.regimes or {}).values()]
+        return exprs + ([self.alternative] if self.alternative else [])
+
+
+def catalog_dir() -> Path:
+    """The catalog folder: `$SCALESWEEP_CATALOG`, else the repo's `analysis/`."""
+    env = os.environ.get("SCALESWEEP_CATALOG")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "analysis"
+
+
+def _dirs(search_dirs: Iterable[str | Path] | None) -> list[Path]:
+    return [Path(d) for d in search_dirs] if search_dirs is not None else [catalog_dir()]
+
+
+def _files(search_dirs: Iterable[str | Path] | None) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for folder in _dirs(search_dirs):
+        if folder.is_dir():
+            for path in sorted(folder.glob("*.y*ml")):
+                found.setdefault(path.stem, path)
+    return found
+
+
+def list_phenomena(search_dirs: Iterable[str | Path] | None = None) -> list[str]:
+    """Names of the phenomena in the catalog (file stems), sorted."""
+    return sorted(_files(search_dirs))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise UserError(f"phenomenon file {path} is not valid YAML: {err}") from None
+    except OSError as err:
+        raise UserError(f"cannot read phenomenon file {path}: {err}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"phenomenon file {path} must hold a mapping of fields.")
+    return data
+
+
+def _apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any], path: Path) -> None:
+    fields = set(Phenomenon.model_fields)
+    params = dict(data.get("params") or {})
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key == "params":
+            params.update(value)
+        elif key in fields:
+            data[key] = value
+        elif key in params:
+            params[key] = value
+        else:
+            valid = sorted(fields | set(params))
+            raise UserError(
+                f'cannot override "{key}" of phenomenon {path.stem}{did_you_mean(key, valid)}; '
+                f"valid fields and parameters are: {', '.join(valid)}."
+            )
+    data["params"] = params
+
+
+def _validation_error(path: Path, err: ValidationError) -> UserError:
+    parts = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(file)"
+        parts.append(f'field "{field}": {e["msg"]}')
+    valid = ", ".join(Phenomenon.model_fields)
+    return UserError(f"phenomenon file {path}: {'; '.join(parts)}. Valid fields are: {valid}.")
+
+
+def load_phenomenon(
+    name: str,
+    overrides: Mapping[str, Any] | None = None,
+    search_dirs: Iterable[str | Path] | None = None,
+) -> Phenomenon:
+    """Load a phenomenon by catalog name (or a path to a YAML file).
+
+    `overrides` replaces fields (`presence`, `min_effect`, ...) or named
+    `params` (e.g. `{"gap": 500}`); `None` values are ignored so CLI flags
+    can be passed straight through.
+    """
+    path = Path(name)
+    if not (path.suffix in (".yaml", ".yml") and path.is_file()):
+        files = _files(search_dirs)
+        if name not in files:
+            raise unknown_name("phenomenon", name, files)
+        path = files[name]
+    data = _read_yaml(path)
+    data.setdefault("name", path.stem)
+    _apply_overrides(data, overrides or {}, path)
+    try:
+        return Phenomenon(**data)
+    except ValidationError as err:
+        raise _validation_error(path, err) from None
+    except UserError as err:
+        raise UserError(f"phenomenon file {path}: {err}") from None
+
+
+def evaluate(runs: pd.DataFrame, ph: Phenomenon) -> pd.DataFrame:
+    """Add `strength`, `present`, `regime` (if any) and `alternative` (if any).
+
+    Every name an expression uses must be a column (or a param); otherwise a
+    `UserError` names the phenomenon and the columns that exist.
+    """
+    for expr in ph.expressions_used():
+        try:
+            expressions.check_names(expr, runs.columns, ph.params)
+        except UserError as err:
+            raise UserError(f'phenomenon "{ph.name}": {err}') from None
+    out = runs.copy()
+    strength = expressions.evaluate(ph.strength, runs, ph.params).astype(float)
+    out["strength"] = strength
+    out["present"] = ph.is_present(strength)
+    if ph.regimes:
+        out["regime"] = _regimes(runs, ph)
+    if ph.alternative:
+        out["alternative"] = expressions.evaluate(ph.alternative, runs, ph.params).astype(float)
+    return out
+
+
+def _regimes(runs: pd.DataFrame, ph: Phenomenon) -> np.ndarray:
+    """First matching regime wins; rows matching none are labelled "other"."""
+    labels = np.full(len(runs), OTHER, dtype=object)
+    unset = np.ones(len(runs), dtype=bool)
+    for label, cond in (ph.regimes or {}).items():
+        hit = expressions.truth(expressions.evaluate(cond, runs, ph.params)) & unset
+        labels[hit] = label
+        unset &= ~hit
+    return labels

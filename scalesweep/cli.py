@@ -1,0 +1,272 @@
+"""`scalesweep ...`: the command line.
+
+Each command is a thin wrapper: it parses options, calls one function of the
+package, and prints. A `UserError` anywhere becomes one red paragraph on
+stderr and exit code 2; no traceback for mistakes a user can fix.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from scalesweep.errors import UserError
+
+app = typer.Typer(
+    help="Cross-scale scaling studies: run sweeps with Ray, record them in MLflow, classify each phenomenon.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+SpecArg = Annotated[Path, typer.Argument(help="a sweep spec, e.g. sweeps/quickstart.yaml")]
+AddressOpt = Annotated[
+    str | None, typer.Option("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
+]
+TrackingOpt = Annotated[
+    str | None,
+    typer.Option("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"),
+]
+
+
+def user_errors(command):
+    """Turn a UserError into a clean message and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except UserError as error:
+            err.print(f"[bold red]error:[/bold red] {error}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(error.exit_code) from None
+
+    return wrapper
+
+
+def _load(spec_path: Path):
+    from scalesweep.spec import load_spec
+
+    return load_spec(spec_path)
+
+
+@app.command()
+@user_errors
+def validate(spec: SpecArg) -> None:
+    """Check a spec; exit 0 when it is good, 2 with one clear paragraph when not."""
+    from scalesweep.plan import plan
+
+    loaded = _load(spec)
+    out.print(f"[green]ok[/green] {spec}: sweep {loaded.name!r}, {len(plan(loaded))} runs", highlight=False)
+
+
+@app.command("plan")
+@user_errors
+def plan_command(spec: SpecArg, as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+    """Expand the grid into runs, each with its run key."""
+    from scalesweep.plan import plan
+
+    runs = plan(_load(spec))
+    if as_json:
+        rows = [{"run_key": r.run_key, "label": r.label, **r.axes_row(), "config": r.content()} for r in runs]
+        print(json.dumps(rows, indent=1))
+        return
+    table = Table(title=f"{len(runs)} runs")
+    for column in ["run_key", "model_size", "data_size", "seed", *runs[0].grid]:
+        table.add_column(column)
+    for run in runs:
+        table.add_row(run.run_key, *(str(v) for v in run.axes_row().values()))
+    out.print(table)
+
+
+@app.command()
+@user_errors
+def run(
+    spec: SpecArg,
+    address: AddressOpt = None,
+    tracking_uri: TrackingOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="rerun every run, even finished ones")] = False,
+    rerun_failed: Annotated[bool, typer.Option("--rerun-failed", help="rerun runs that failed before")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="confirm a sweep of more than 10,000 runs")] = False,
+) -> None:
+    """Run the sweep's missing runs on Ray, recording each to MLflow."""
+    from scalesweep.execute import run_sweep
+    from scalesweep.plan import plan
+    from scalesweep.spec import MAX_RUNS_WITHOUT_CONFIRM
+
+    loaded = _load(spec)
+    n_runs = len(plan(loaded))
+    if n_runs > MAX_RUNS_WITHOUT_CONFIRM and not yes:
+        raise UserError(
+            f"{spec}: the sweep has {n_runs:,} runs (more than {MAX_RUNS_WITHOUT_CONFIRM:,}); pass --yes to run it."
+        )
+    outcome = run_sweep(
+        loaded, address=address, tracking_uri=tracking_uri, force=force, rerun_failed=rerun_failed, console=err
+    )
+    out.print(
+        f"{loaded.name}: {outcome.finished} finished, {outcome.failed} failed, "
+        f"{outcome.skipped} already done (of {outcome.planned})"
+    )
+    for label, error in outcome.failures[:20]:
+        out.print(f"  [red]FAILED[/red] {label}: {error}", highlight=False)
+    if not outcome.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def report(
+    spec: SpecArg,
+    tracking_uri: TrackingOpt = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="output folder (default reports/<sweep>)")] = None,
+) -> None:
+    """Classify the sweep's phenomena and write report.html and verdicts.csv."""
+    from scalesweep.study import report_sweep
+
+    path, verdicts = report_sweep(_load(spec), tracking_uri=tracking_uri, out_dir=out_dir)
+    _print_verdicts(verdicts)
+    out.print(f"report: {path}", highlight=False)
+
+
+@app.command()
+@user_errors
+def status(spec: SpecArg, tracking_uri: TrackingOpt = None) -> None:
+    """Finished / failed / running / missing runs of the spec."""
+    from scalesweep.study import sweep_status
+
+    counts, rows = sweep_status(_load(spec), tracking_uri=tracking_uri)
+    table = Table(title=", ".join(f"{n} {state}" for state, n in counts.items()))
+    for column in ["state", "run_key", "label", "run_id"]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+
+
+@app.command()
+@user_errors
+def classify(
+    table: Annotated[Path, typer.Argument(help="a CSV with one row per run or model")],
+    axis: Annotated[str, typer.Option("--axis", help="the scale column")],
+    value: Annotated[str, typer.Option("--value", help="the phenomenon's strength column")],
+    group: Annotated[list[str] | None, typer.Option("--group", help="slice by this column (repeatable)")] = None,
+    seed: Annotated[str | None, typer.Option("--seed", help="the seed column, if any")] = None,
+    direction: Annotated[
+        str, typer.Option("--direction", help="higher|lower: which way is more pronounced")
+    ] = "higher",
+    presence: Annotated[float | None, typer.Option("--presence", help="present beyond this value")] = None,
+    min_effect: Annotated[float | None, typer.Option("--min-effect", help="smallest change that counts")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("reports/classify"),
+) -> None:
+    """Classify a phenomenon measured in any table (published results too)."""
+    from scalesweep.study import classify_table
+
+    path, verdicts = classify_table(
+        table,
+        axis=axis,
+        value=value,
+        group=group or [],
+        seed=seed,
+        direction=direction,
+        presence=presence,
+        min_effect=min_effect,
+        out_dir=out_dir,
+    )
+    _print_verdicts(verdicts)
+    out.print(f"report: {path}", highlight=False)
+
+
+@app.command()
+@user_errors
+def fit(
+    table: Annotated[Path, typer.Argument(help="a CSV table")],
+    law: Annotated[str, typer.Option("--law", help="power | chinchilla | bnsl")],
+    y: Annotated[str, typer.Option("--y", help="the fitted column, e.g. loss")],
+    x: Annotated[str | None, typer.Option("--x", help="the scale column (power, bnsl)")] = None,
+    n: Annotated[str | None, typer.Option("--n", help="parameter-count column (chinchilla)")] = None,
+    d: Annotated[str | None, typer.Option("--d", help="data-size column (chinchilla)")] = None,
+    exclude_col: Annotated[
+        str | None, typer.Option("--exclude-col", help="drop rows where this column is true")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON object keyed by parameter")] = False,
+) -> None:
+    """Fit a scaling law (with bootstrap intervals) to a table."""
+    from scalesweep.analysis.commands import fit_command
+
+    result = fit_command(table, law=law, y=y, x=x, n=n, d=d, exclude_col=exclude_col)
+    if as_json:
+        print(json.dumps(result, indent=1))
+        return
+    view = Table(title=f"{law} fit of {y}")
+    for column in ["parameter", "value", "95% low", "95% high"]:
+        view.add_column(column)
+    for name, entry in result.items():
+        view.add_row(name, f"{entry['value']:.4g}", f"{entry['ci_low']:.4g}", f"{entry['ci_high']:.4g}")
+    out.print(view)
+
+
+@app.command()
+@user_errors
+def ui(
+    tracking_uri: TrackingOpt = None,
+    host: Annotated[str, typer.Option("--host", help="bind address; 127.0.0.1 keeps it on this machine")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 5000,
+) -> None:
+    """Start the MLflow UI on the runs (bound to 127.0.0.1 unless told otherwise)."""
+    from scalesweep.track import check_store, resolve_uri
+
+    uri = resolve_uri(tracking_uri)
+    check_store(uri)
+    mlflow_bin = shutil.which("mlflow") or f"{sys.executable} -m mlflow"
+    command = [*mlflow_bin.split(), "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    out.print(f"MLflow UI on http://{host}:{port} (Ctrl-C to stop)", highlight=False)
+    raise typer.Exit(subprocess.call(command))
+
+
+@app.command()
+@user_errors
+def submit(
+    spec: SpecArg,
+    address: Annotated[str, typer.Option("--address", help="the Ray dashboard address, e.g. http://HEAD:8265")],
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Submit the sweep to a Ray cluster as a Ray Job (working directory uploaded)."""
+    from scalesweep.study import submit_job
+
+    _load(spec)
+    job_id = submit_job(spec, address=address, tracking_uri=tracking_uri)
+    out.print(f"submitted job {job_id}")
+    out.print(f"follow it with: ray job logs --follow --address {address} {job_id}", highlight=False)
+
+
+def _print_verdicts(verdicts) -> None:
+    table = Table(title="verdicts")
+    for column in ["phenomenon", "axis", "slice", "verdict", "detail", "confidence"]:
+        table.add_column(column, overflow="fold")
+    for _, row in verdicts.iterrows():
+        conf = row["confidence"]
+        table.add_row(
+            str(row["phenomenon"]),
+            str(row["axis"]),
+            str(row["slice"]),
+            str(row["verdict"]),
+            str(row["detail"]),
+            "" if conf != conf else f"{conf:.2f}",
+        )
+    out.print(table)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()

@@ -1,0 +1,30 @@
+"""User-facing errors.
+
+Anything the user can fix (a bad spec, an unknown name, an unreachable server,
+a missing file) is raised as a `UserError`. The CLI prints its message as one
+paragraph and exits with code 2: a researcher should never have to read a
+traceback to learn that they misspelt a field.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class UserError(Exception):
+    """An error caused by input the user can fix; the CLI exits with code 2."""
+
+    exit_code = 2
+
+
+def did_you_mean(given: str, valid: Iterable[str]) -> str:
+    """Return ' (did you mean "x"?)' for the closest valid name, or ''."""
+    matches = difflib.get_close_matches(str(given), list(valid), n=1, cutoff=0.6)
+    return f' (did you mean "{matches[0]}"?)' if matches else ""
+
+
+def unknown_name(kind: str, given: str, valid: Iterable[str]) -> UserError:
+    """Build the standard error for a name that is not in a registry."""
+    valid = sorted(valid)
+    return UserError(f'unknown {kind} "{given}"{did_you_mean(given, valid)}; valid {kind}s are: {", ".join(valid)}.')

@@ -1,0 +1,265 @@
+"""Ray: run a sweep's missing runs as tasks, stream their rows to MLflow.
+
+Each seed ensemble (runs that differ only in seed) is one Ray *streaming*
+task: the worker yields events (see `train.py`) and the driver, the single
+MLflow writer, records them as they arrive. The driver also decides what to
+run: a run key already FINISHED in MLflow is skipped, a RUNNING one left by a
+killed driver is marked KILLED and run again, so a sweep stopped at any
+moment and started again ends with exactly one finished run per grid point.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from scalesweep import track
+from scalesweep.errors import UserError
+from scalesweep.plan import RunConfig, group_by_ensemble, plan
+from scalesweep.spec import SweepSpec
+
+
+@dataclass
+class SweepOutcome:
+    planned: int
+    skipped: int = 0
+    finished: int = 0
+    failed: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+
+@dataclass
+class RunState:
+    """What the driver knows of one run of the current sweep."""
+
+    config: RunConfig
+    run_id: str | None = None
+    done: bool = False
+
+
+# ---------------------------------------------------------------- the Ray task
+
+
+def _train_task(configs: list[dict[str, Any]], gpus_per_run: float) -> Iterator[dict[str, Any]]:
+    """Ray streaming task: train a seed ensemble, yielding events as they come."""
+    from scalesweep.train import train_runs
+
+    runs = [RunConfig.model_validate(c) for c in configs]
+    for config in runs:
+        yield {"run_key": config.run_key, "kind": "started"}
+    yield from train_runs(runs, gpus_per_run)
+
+
+# ---------------------------------------------------------------- Ray connection
+
+
+def connect_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Start a local Ray instance, or join the cluster at `address` / RAY_ADDRESS."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    options: dict[str, Any] = {"log_to_driver": False, "logging_level": "ERROR", "configure_logging": True}
+    if address:
+        package = Path(__file__).resolve().parent
+        options["runtime_env"] = {"py_modules": [str(package)]} if _is_remote(address) else None
+        try:
+            ray.init(address=address, **{k: v for k, v in options.items() if v is not None})
+        except Exception as err:  # Ray raises several types for an unreachable head
+            raise UserError(
+                f"cannot reach the Ray cluster at {address} ({type(err).__name__}: {_first_line(err)}). "
+                f"Start one with `ray start --head`, give its GCS address (host:6379) with --address, "
+                f"or leave out --address and RAY_ADDRESS to run on a local Ray instance."
+            ) from None
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, **options)
+
+
+def _is_remote(address: str) -> bool:
+    return address.startswith("ray://")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:300] if text else ""
+
+
+# ---------------------------------------------------------------- the sweep
+
+
+def run_sweep(
+    spec: SweepSpec,
+    *,
+    address: str | None = None,
+    tracking_uri: str | None = None,
+    force: bool = False,
+    rerun_failed: bool = False,
+    console: Console | None = None,
+) -> SweepOutcome:
+    """Run every run of `spec` that MLflow does not already hold as finished."""
+    console = console or Console(stderr=True)
+    configs = plan(spec)
+    tracker = track.Tracker(track.client_for(tracking_uri or spec.tracking.uri), spec.name, spec.experiment_name)
+    todo = select_runs(tracker, configs, force=force, rerun_failed=rerun_failed)
+    outcome = SweepOutcome(planned=len(configs), skipped=len(configs) - len(todo))
+    tracker.log_spec(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), len(configs))
+    if not todo:
+        console.print(f"[green]all {len(configs)} runs of {spec.name} already finished[/green]")
+        return outcome
+    connect_ray(address)
+    console.print(f"{spec.name}: {len(todo)} runs to do, {outcome.skipped} already done")
+    _drive(spec, todo, tracker, outcome, console)
+    return outcome
+
+
+def select_runs(
+    tracker: track.Tracker, configs: list[RunConfig], *, force: bool, rerun_failed: bool
+) -> list[RunConfig]:
+    """Decide what to run from what MLflow holds; end runs left RUNNING by a dead driver."""
+    by_key: dict[str, list[track.ChildRun]] = {}
+    for child in tracker.child_runs():
+        by_key.setdefault(child.run_key, []).append(child)
+        if child.status == "RUNNING":
+            tracker.abandon(child.run_id, "the driver that ran it stopped before it finished")
+            child.status = "KILLED"
+    todo = []
+    for config in configs:
+        statuses = {c.status for c in by_key.get(config.run_key, [])}
+        if force or not ("FINISHED" in statuses or ("FAILED" in statuses and not rerun_failed)):
+            todo.append(config)
+    return todo
+
+
+def _drive(
+    spec: SweepSpec, todo: list[RunConfig], tracker: track.Tracker, outcome: SweepOutcome, console: Console
+) -> None:
+    res = spec.resources
+    remote = ray.remote(_train_task).options(
+        num_returns="streaming", num_cpus=res.cpus_per_run, num_gpus=res.gpus_per_run, max_retries=0
+    )
+    groups = group_by_ensemble(todo)
+    cap = res.max_concurrent or len(groups)
+    states = {c.run_key: RunState(c) for c in todo}
+    attempts: dict[int, int] = {}
+    queue = list(enumerate(groups))
+    in_flight: dict[Any, tuple[int, list[RunConfig]]] = {}
+    with _progress(console) as progress:
+        bar = progress.add_task(spec.name, total=len(todo), status="")
+        try:
+            while queue or in_flight:
+                while queue and len(in_flight) < cap:
+                    index, group = queue.pop(0)
+                    payload = [c.model_dump(mode="json") for c in group]
+                    in_flight[remote.remote(payload, res.gpus_per_run)] = (index, group)
+                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+                for generator in ready:
+                    index, group = in_flight.pop(generator)
+                    still_open, crash = _pump(generator, states, tracker, outcome)
+                    if still_open:
+                        in_flight[generator] = (index, group)
+                    elif crash is not None:
+                        _retry_or_fail(index, group, crash, states, attempts, spec.max_retries, queue, tracker, outcome)
+                running = sum(1 for s in states.values() if s.run_id and not s.done)
+                progress.update(bar, completed=outcome.finished + outcome.failed, status=_status(outcome, running))
+        except KeyboardInterrupt:
+            _abandon_running(states, tracker, "the sweep was interrupted (Ctrl-C)")
+            raise
+
+
+def _pump(
+    generator, states: dict[str, RunState], tracker: track.Tracker, outcome: SweepOutcome
+) -> tuple[bool, BaseException | None]:
+    """Record every event the generator has ready.
+
+    Returns (still open, crash): a generator that broke (its worker died, or
+    Ray failed it) returns the exception, so that its runs can be retried.
+    """
+    while ray.wait([generator], num_returns=1, timeout=0)[0]:
+        try:
+            ref = next(generator)
+        except StopIteration:
+            return False, None
+        try:
+            event = ray.get(ref)
+        except Exception as err:  # WorkerCrashedError, RayTaskError, ...
+            return False, err
+        _record(event, states, tracker, outcome)
+    return True, None
+
+
+def _record(event: dict[str, Any], states: dict[str, RunState], tracker: track.Tracker, outcome: SweepOutcome) -> None:
+    state = states[event["run_key"]]
+    now = int(time.time() * 1000)
+    kind = event["kind"]
+    if kind == "started":
+        state.run_id = tracker.start_child(state.config)
+    elif kind == "metrics":
+        tracker.log_rows(state.run_id, event["rows"], now)
+    elif kind == "summary":
+        tracker.finish(state.run_id, event["summary"], state.config.training.steps, now)
+        state.done = True
+        outcome.finished += 1
+    elif kind == "failed":
+        tracker.fail(state.run_id, event["error"], event["traceback"])
+        state.done = True
+        outcome.failed += 1
+        outcome.failures.append((state.config.label, event["error"]))
+
+
+def _retry_or_fail(index, group, crash, states, attempts, max_retries, queue, tracker, outcome) -> None:
+    """A worker process died: end its unfinished runs' records, then retry or fail them."""
+    unfinished = [c for c in group if not states[c.run_key].done]
+    attempts[index] = attempts.get(index, 0) + 1
+    message = f"worker died: {type(crash).__name__}: {_first_line(crash)}"
+    retry = attempts[index] <= max_retries
+    for config in unfinished:
+        state = states[config.run_key]
+        if state.run_id is None:
+            state.run_id = tracker.start_child(config)
+        if retry:
+            tracker.abandon(state.run_id, f"{message}; retried (attempt {attempts[index] + 1})")
+            state.run_id = None
+        else:
+            tracker.fail(state.run_id, message, str(crash))
+            state.done = True
+            outcome.failed += 1
+            outcome.failures.append((config.label, message))
+    if retry and unfinished:
+        queue.append((index, unfinished))
+
+
+def _abandon_running(states: dict[str, RunState], tracker: track.Tracker, reason: str) -> None:
+    for state in states.values():
+        if state.run_id and not state.done:
+            tracker.abandon(state.run_id, reason)
+
+
+def _status(outcome: SweepOutcome, running: int) -> str:
+    failed = f"[red]{outcome.failed} failed[/red]" if outcome.failed else "0 failed"
+    return f"{outcome.finished} done · {running} running · {failed}"
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )

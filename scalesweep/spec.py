@@ -1,0 +1,286 @@
+"""Sweep specs: what a researcher writes in `sweeps/*.yaml`.
+
+A spec is loaded into pydantic models so that every mistake is caught before
+anything runs, and reported as one paragraph naming the file, the field, what
+was given and what would be valid. Unknown fields are refused (with a "did you
+mean") because a misspelt `wieght_decay` silently ignored would waste a
+night of compute.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from scalesweep.errors import UserError, did_you_mean
+
+MAX_RUNS_WITHOUT_CONFIRM = 10_000
+
+
+class StrictModel(BaseModel):
+    """Base for spec sections: unknown fields are errors, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskSpec(StrictModel):
+    name: str = Field(description="a task of the zoo, e.g. modular_arithmetic")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_task(self) -> TaskSpec:
+        from scalesweep.zoo import TASKS
+
+        if self.name not in TASKS:
+            raise ValueError(_unknown("task", self.name, TASKS))
+        _validate_params(TASKS[self.name].params_model, self.params, f'task "{self.name}"')
+        return self
+
+
+class ModelSpec(StrictModel):
+    family: str = Field(description="a model family of the zoo, e.g. mlp")
+    params: dict[str, Any] = Field(default_factory=dict)
+    parametrization: Literal["sp", "mup"] = "sp"
+
+    @model_validator(mode="after")
+    def _known_family(self) -> ModelSpec:
+        from scalesweep.zoo import FAMILIES
+
+        if self.family not in FAMILIES:
+            raise ValueError(_unknown("model family", self.family, FAMILIES))
+        _validate_params(FAMILIES[self.family].params_model, self.params, f'model family "{self.family}"')
+        return self
+
+
+class AxesSpec(StrictModel):
+    """The scale knobs. `model_size` is the family's width knob."""
+
+    model_size: list[int] = Field(min_length=1)
+    data_size: list[int] = Field(min_length=1)
+    seeds: int | list[int] = 1
+
+    @field_validator("model_size", "data_size")
+    @classmethod
+    def _positive_distinct(cls, values: list[int]) -> list[int]:
+        if any(v <= 0 for v in values):
+            raise ValueError(f"sizes must be positive integers, got {values}")
+        if len(set(values)) != len(values):
+            raise ValueError(f"sizes must be distinct, got {values}")
+        return sorted(values)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: int | list[int]) -> int | list[int]:
+        if isinstance(seeds, int) and not 1 <= seeds <= 1000:
+            raise ValueError(f"a seed count must be between 1 and 1000, got {seeds}")
+        if isinstance(seeds, list) and (not seeds or len(set(seeds)) != len(seeds)):
+            raise ValueError(f"a seed list must be non-empty and distinct, got {seeds}")
+        return seeds
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+
+class TrainingSpec(StrictModel):
+    steps: int = Field(default=1000, ge=1, le=10_000_000)
+    batch_size: int = Field(default=512, ge=1, le=1_000_000)
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(default=1e-3, gt=0, le=100)
+    weight_decay: float = Field(default=0.0, ge=0, le=1000)
+    eval_every: int = Field(default=50, ge=1)
+    fit_threshold: float = Field(default=0.9, gt=0, le=1)
+    fail_at_step: int | None = Field(
+        default=None, ge=0, description="testing aid: raise at this step to exercise failure handling"
+    )
+
+
+class PhenomenonRef(StrictModel):
+    name: str
+    params: dict[str, float] = Field(default_factory=dict)
+
+
+class ResourcesSpec(StrictModel):
+    cpus_per_run: float = Field(default=1.0, gt=0, le=1024)
+    gpus_per_run: float = Field(default=0.0, ge=0, le=64)
+    max_concurrent: int | None = Field(default=None, ge=1)
+
+
+class TrackingSpec(StrictModel):
+    uri: str | None = None
+    experiment: str | None = None
+
+
+DEFAULT_OBSERVABLES = ["loss", "accuracy", "fit_steps", "weight_norm", "loss_spikes"]
+
+
+class SweepSpec(StrictModel):
+    name: str = Field(min_length=1, max_length=200)
+    description: str = ""
+    task: TaskSpec
+    model: ModelSpec
+    axes: AxesSpec
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    training: TrainingSpec = TrainingSpec()
+    observables: list[str] = Field(default_factory=lambda: list(DEFAULT_OBSERVABLES))
+    phenomena: list[str | PhenomenonRef] = Field(default_factory=lambda: ["generalization_gap"])
+    resources: ResourcesSpec = ResourcesSpec()
+    tracking: TrackingSpec = TrackingSpec()
+    max_retries: int = Field(default=1, ge=0, le=20)
+
+    @field_validator("observables")
+    @classmethod
+    def _known_observables(cls, names: list[str]) -> list[str]:
+        from scalesweep.observables import OBSERVABLES
+
+        for name in names:
+            if ":" not in name and name not in OBSERVABLES:
+                raise ValueError(_unknown("observable", name, OBSERVABLES))
+        return names
+
+    @field_validator("grid")
+    @classmethod
+    def _grid_paths(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        short_names = [path.split(".")[-1] for path in grid]
+        for path, values in grid.items():
+            if not values:
+                raise ValueError(f'grid dimension "{path}" has no values')
+            if short_names.count(path.split(".")[-1]) > 1:
+                raise ValueError(f'grid dimensions share the short name "{path.split(".")[-1]}"')
+            _check_grid_path(path)
+        return grid
+
+    @property
+    def phenomenon_refs(self) -> list[PhenomenonRef]:
+        return [PhenomenonRef(name=p) if isinstance(p, str) else p for p in self.phenomena]
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or f"scalesweep/{self.name}"
+
+
+GRID_ROOTS = {"training": TrainingSpec, "task.params": None, "model.params": None}
+
+
+def _check_grid_path(path: str) -> None:
+    """A grid dimension is a dotted path into the spec, e.g. training.weight_decay."""
+    if path.startswith(("task.params.", "model.params.")) and path.count(".") == 2:
+        return
+    head, _, field = path.partition(".")
+    if head == "training" and field in TrainingSpec.model_fields:
+        return
+    valid = [f"training.{f}" for f in TrainingSpec.model_fields] + ["task.params.<name>", "model.params.<name>"]
+    raise ValueError(
+        f'grid dimension "{path}" is not a sweepable field{did_you_mean(path, valid)}; valid: {", ".join(valid)}'
+    )
+
+
+def _validate_params(params_model: type[BaseModel], params: dict[str, Any], owner: str) -> None:
+    """Check a task's or family's own parameters, re-raised as one plain message."""
+    try:
+        params_model.model_validate(params)
+    except ValidationError as err:
+        first = err.errors()[0]
+        name = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            valid = list(params_model.model_fields)
+            raise ValueError(
+                f'{owner} has no parameter "{name}"{did_you_mean(name, valid)}; its parameters: {", ".join(valid)}'
+            ) from None
+        raise ValueError(f'{owner} parameter "{name}": {first["msg"]} (given: {_short(first.get("input"))})') from None
+
+
+def _unknown(kind: str, given: str, valid: Any) -> str:
+    names = sorted(valid)
+    return f'unknown {kind} "{given}"{did_you_mean(given, names)}; valid: {", ".join(names)}'
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep spec; every problem becomes one UserError paragraph."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such spec file. Specs live in sweeps/, e.g. sweeps/quickstart.yaml.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read the spec ({err}).") from None
+    return parse_spec(text, source=str(path))
+
+
+def parse_spec(text: str, source: str = "<spec>") -> SweepSpec:
+    """Validate spec text (YAML). Only yaml.safe_load is used: a spec cannot run code."""
+    if len(text) > 1_000_000:
+        raise UserError(f"{source}: the spec is larger than 1 MB; a sweep spec is a short YAML file.")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise UserError(f"{source}: not valid YAML ({_one_line(str(err))}).") from None
+    except RecursionError:
+        raise UserError(f"{source}: the YAML nests too deeply to be a sweep spec.") from None
+    if not isinstance(data, dict):
+        raise UserError(
+            f"{source}: a spec is a YAML mapping with at least name, task, model and axes; got {type(data).__name__}."
+        )
+    try:
+        spec = SweepSpec.model_validate(data)
+    except ValidationError as err:
+        raise UserError(describe_validation_error(err, source)) from None
+    except (RecursionError, OverflowError) as err:
+        raise UserError(
+            f"{source}: the spec holds a value too large or too deep to use ({type(err).__name__})."
+        ) from None
+    _check_size(spec, source)
+    return spec
+
+
+def _check_size(spec: SweepSpec, source: str) -> None:
+    n_grid = math.prod(len(v) for v in spec.grid.values()) if spec.grid else 1
+    if n_grid * len(spec.axes.model_size) * len(spec.axes.data_size) * len(spec.axes.seed_list) > 10**9:
+        raise UserError(f"{source}: the grid has more than a billion runs; shrink the axes or the grid.")
+
+
+def describe_validation_error(err: ValidationError, source: str) -> str:
+    """Turn pydantic's errors into one readable paragraph (first three problems)."""
+    problems = [_describe_one(e) for e in err.errors()[:3]]
+    more = f" ({len(err.errors()) - 3} more problems not shown.)" if len(err.errors()) > 3 else ""
+    return f"{source}: " + " ".join(problems) + more
+
+
+def _describe_one(error: dict[str, Any]) -> str:
+    loc = [str(part) for part in error["loc"]]
+    field = ".".join(loc) or "(top level)"
+    given = error.get("input")
+    if error["type"] == "extra_forbidden":
+        valid = _valid_fields(error["loc"][:-1])
+        hint = did_you_mean(loc[-1], valid)
+        return f'unknown field "{field}"{hint}; valid fields here: {", ".join(valid)}.'
+    if error["type"] == "missing":
+        return f'missing required field "{field}".'
+    message = error["msg"].removeprefix("Value error, ")
+    return f'field "{field}": {message} (given: {_short(given)}).'
+
+
+def _valid_fields(loc: tuple[Any, ...]) -> list[str]:
+    """The field names allowed at a location of the spec, for "did you mean"."""
+    model: Any = SweepSpec
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+    return list(model.model_fields)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

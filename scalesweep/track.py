@@ -1,0 +1,216 @@
+"""MLflow: where every run is recorded, and how runs are read back.
+
+Design: **one writer**. Ray workers never talk to MLflow; they stream their
+rows back to the driver, and the driver alone writes (batched, with
+`log_batch`). So sixteen concurrent runs against the default sqlite store see
+no "database is locked", a cluster's workers need no route to the tracking
+server, and a run's curves still appear in the UI while it trains.
+
+Layout in MLflow: one experiment per sweep (`scalesweep/<name>`), one parent
+run for the sweep (tag `scalesweep.role=parent`), one child run per run key
+(`mlflow.parentRunId`, tag `scalesweep.role=child`), with flat params,
+`scalesweep.*` tags for the axes, seed, run key and sweep, step series of the
+step observables and the run's summaries as single metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from scalesweep.errors import UserError
+from scalesweep.plan import RunConfig
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+TAG = "scalesweep"
+MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
+
+
+def resolve_uri(uri: str | None = None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else the sqlite file in the working dir."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def check_store(uri: str) -> None:
+    """Fail early, in one paragraph, when the store cannot be used."""
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri)
+    elif uri.startswith("sqlite:///"):
+        _check_sqlite(Path(uri.removeprefix("sqlite:///")))
+
+
+def _check_server(uri: str) -> None:
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as response:
+            response.read()
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise UserError(
+            f"the MLflow tracking server at {uri} does not answer ({reason}). Start one with "
+            f"`mlflow server --host 127.0.0.1 --port 5000`, or leave out --tracking-uri to record "
+            f"to the local store {DEFAULT_URI}."
+        ) from None
+
+
+def _check_sqlite(path: Path) -> None:
+    if not path.exists():
+        return
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            db.execute("PRAGMA schema_version").fetchone()
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as err:
+        raise UserError(
+            f"{path} is not a readable MLflow sqlite store ({err}). It may be corrupt or half-written: "
+            f"move it aside (your runs' artifacts in ./mlartifacts stay), or pass another --tracking-uri."
+        ) from None
+
+
+def client_for(uri: str | None = None) -> MlflowClient:
+    uri = resolve_uri(uri)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no alembic chatter on a new store
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    check_store(uri)
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+@dataclass
+class ChildRun:
+    run_id: str
+    run_key: str
+    status: str
+
+
+class Tracker:
+    """The sweep's writer: parent run, child runs, batched metrics."""
+
+    def __init__(self, client: MlflowClient, sweep: str, experiment: str):
+        self.client = client
+        self.sweep = sweep
+        self.experiment_id = ensure_experiment(client, experiment)
+        self.parent_id = self._ensure_parent()
+
+    def _ensure_parent(self) -> str:
+        found = self.client.search_runs(
+            [self.experiment_id], f"tags.`{TAG}.role` = 'parent' and tags.`{TAG}.sweep` = '{_quote(self.sweep)}'"
+        )
+        if found:
+            return found[0].info.run_id
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"sweep {self.sweep}",
+            tags={f"{TAG}.role": "parent", f"{TAG}.sweep": self.sweep},
+        )
+        return run.info.run_id
+
+    def log_spec(self, spec_yaml: str, n_runs: int) -> None:
+        self.client.log_text(self.parent_id, spec_yaml, "spec.yaml")
+        self.client.set_tag(self.parent_id, f"{TAG}.n_runs", str(n_runs))
+
+    def child_runs(self) -> list[ChildRun]:
+        """Every child run of this sweep, paginated (a sweep may hold many thousands)."""
+        return [
+            ChildRun(r.info.run_id, r.data.tags.get(f"{TAG}.run_key", ""), r.info.status)
+            for r in search_all(self.client, self.experiment_id, child_query(self.sweep))
+        ]
+
+    def start_child(self, config: RunConfig) -> str:
+        tags = {
+            "mlflow.parentRunId": self.parent_id,
+            f"{TAG}.role": "child",
+            f"{TAG}.sweep": self.sweep,
+            f"{TAG}.run_key": config.run_key,
+            f"{TAG}.ensemble_key": config.ensemble_key,
+        }
+        tags.update({f"{TAG}.{k}": str(v) for k, v in config.axes_row().items()})
+        run = self.client.create_run(self.experiment_id, run_name=config.label, tags=tags)
+        params = [Param(k, _short_value(v)) for k, v in flat_params(config).items()]
+        self.client.log_batch(run.info.run_id, params=params)
+        return run.info.run_id
+
+    def log_rows(self, run_id: str, rows: list[dict[str, float]], timestamp_ms: int) -> None:
+        metrics = [
+            Metric(name, float(value), timestamp_ms, int(row["step"]))
+            for row in rows
+            for name, value in row.items()
+            if name != "step"
+        ]
+        for start in range(0, len(metrics), MAX_BATCH):
+            self.client.log_batch(run_id, metrics=metrics[start : start + MAX_BATCH])
+
+    def finish(self, run_id: str, summary: dict[str, float], final_step: int, timestamp_ms: int) -> None:
+        metrics = [Metric(k, float(v), timestamp_ms, final_step) for k, v in summary.items()]
+        for start in range(0, len(metrics), MAX_BATCH):
+            self.client.log_batch(run_id, metrics=metrics[start : start + MAX_BATCH])
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def fail(self, run_id: str, error: str, traceback_text: str) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(f"{TAG}.error", error[:4000])])
+        self.client.log_text(run_id, traceback_text, "traceback.txt")
+        self.client.set_terminated(run_id, "FAILED")
+
+    def abandon(self, run_id: str, reason: str) -> None:
+        """End a run that will not finish (driver gone, retried elsewhere)."""
+        self.client.set_tag(run_id, f"{TAG}.abandoned", reason[:500])
+        self.client.set_terminated(run_id, "KILLED")
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    location = None
+    if not client.tracking_uri.startswith(("http://", "https://", "databricks")):
+        location = (Path("mlartifacts").resolve() / _slug(name)).as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def child_query(sweep: str) -> str:
+    """The MLflow filter that selects a sweep's child runs."""
+    return f"tags.`{TAG}.role` = 'child' and tags.`{TAG}.sweep` = '{_quote(sweep)}'"
+
+
+def search_all(client: MlflowClient, experiment_id: str, query: str) -> list[Any]:
+    """All runs matching `query`, following MLflow's page tokens."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], query, max_results=5000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def flat_params(config: RunConfig) -> dict[str, Any]:
+    """Short flat params: task.p, model.depth, lr, weight_decay, ..."""
+    params = {"task": config.task, "family": config.family, "parametrization": config.parametrization}
+    params.update({f"task.{k}": v for k, v in config.task_params.items()})
+    params.update({f"model.{k}": v for k, v in config.model_params.items()})
+    params.update(config.training.model_dump(exclude_none=True))
+    params.update({"model_size": config.model_size, "data_size": config.data_size, "seed": config.seed})
+    return params
+
+
+def _short_value(value: Any) -> str:
+    return str(value)[:500]
+
+
+def _quote(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

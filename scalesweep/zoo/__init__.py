@@ -1,0 +1,13 @@
+"""The toy world: tasks (data) and model families with a size knob.
+
+Two registries, filled by the modules below. A task turns (params, data_size,
+seed) into a `Dataset`; a family turns (params, width, data shape,
+parametrization) into a torch module. New tasks or families register
+themselves with `register_task` / `register_family`.
+"""
+
+from scalesweep.zoo.base import FAMILIES, TASKS, Dataset, DataShape, FamilyInfo, TaskInfo
+from scalesweep.zoo import models as _models  # noqa: F401  (registers the families)
+from scalesweep.zoo import tasks as _tasks  # noqa: F401  (registers the tasks)
+
+__all__ = ["FAMILIES", "TASKS", "DataShape", "Dataset", "FamilyInfo", "TaskInfo"]
