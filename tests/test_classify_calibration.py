@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from scalesweep.analysis.classify import VERDICT_COLUMNS, classify_runs, classify_slice
 from scalesweep.analysis.phenomena import Phenomenon
@@ -56,9 +55,7 @@ def test_monotone_trend_of_two_noise_sd_is_found_in_the_right_direction():
     xs = np.logspace(1, 3.5, 6)
     up = _simulate(lambda u: (u - 1) / 2.5 * 2.0, xs, 4, 1.0, n=300, seed=2)
     assert _rate(up, lambda r: r["verdict"] == "expansion") >= 0.8
-    down = _simulate(
-        lambda u: (u - 1) / 2.5 * 2.0, xs, 4, 1.0, n=300, seed=3, ph=_ph(direction="lower", presence=1e9)
-    )
+    down = _simulate(lambda u: (u - 1) / 2.5 * 2.0, xs, 4, 1.0, n=300, seed=3, ph=_ph(direction="lower", presence=1e9))
     assert _rate(down, lambda r: r["verdict"] == "shrinkage") >= 0.8
 
 

@@ -241,13 +241,10 @@ def _precheck(s: _Slice) -> str | None:
     if len(pts) < MIN_POINTS:
         return f"only {len(pts)} scale point(s) with a finite strength (need {MIN_POINTS})"
     span = 10 ** (pts[-1] - pts[0])
-    if span < MIN_SPAN:
+    if span < MIN_SPAN * (1 - 1e-9):  # log10 round-trip: 800/200 comes back as 3.9999999
         return f"the axis spans only {span:.2g}x (need {MIN_SPAN:g}x)"
     if len(s.y) - 2 < MIN_DF:
-        return (
-            f"too few runs to estimate the spread ({len(s.y)} runs at {len(pts)} points; "
-            "add seeds or scale points)"
-        )
+        return f"too few runs to estimate the spread ({len(s.y)} runs at {len(pts)} points; add seeds or scale points)"
     return None
 
 
@@ -318,10 +315,15 @@ def _monotone(s: _Slice, ph: Phenomenon, fit: _Fit) -> dict:
             f"significant trend (p={p:.2g}) but change {change:+.3g} is below "
             f"min_effect {ph.min_effect:g} and its interval cannot rule out min_effect"
         )
-    else:
+    elif ph.min_effect > 0:
         why = (
             f"trend not significant (p={p:.2g}) but cannot rule out a change of "
             f"{ph.min_effect:g}: more seeds/points would decide"
+        )
+    else:
+        why = (
+            f"trend not significant (p={p:.2g}); with min_effect 0 no interval can "
+            "show persistence: more seeds/points would decide"
         )
     return _inconclusive(why, p_value=p, **numbers)
 
@@ -434,7 +436,7 @@ def classify_slice(
     dropped = int((~np.isfinite(y_all)).sum())
     if dropped:
         result["detail"] += f"; {dropped} run(s) without a finite strength left out of the trend"
-    if n_boot > 0:
+    if n_boot > 0 and len(u_all):
         gen = _as_rng(rng)
         same = 0
         for _ in range(n_boot):
@@ -468,6 +470,16 @@ def _n_seeds(points: pd.DataFrame, seed: str | None, s: _Slice) -> int:
     if len(s.u) == 0:
         return 0
     return int(np.unique(s.u, return_counts=True)[1].max())
+
+
+def log_bins(values: pd.Series, per_decade: int = 2) -> pd.Series:
+    """Round a continuous scale to `per_decade` bins per decade (log10 units).
+
+    Published tables have irregular scales (e.g. Chinchilla's D = C / 6N):
+    slicing one axis "at fixed other axis" then needs bins of the other.
+    """
+    u = np.log10(pd.to_numeric(values, errors="coerce").where(lambda v: v > 0))
+    return np.round(u * per_decade) / per_decade
 
 
 def benjamini_hochberg(p: Sequence[float]) -> np.ndarray:
@@ -529,7 +541,12 @@ def _alternative(points: pd.DataFrame, x: str, ph: Phenomenon, seed, n_boot, gen
 
 
 def _flag(row: dict, alt: dict) -> str:
-    if alt["verdict"] != row["verdict"] or (alt["shape"] and alt["shape"] != row["shape"]):
+    """Flag when the metric and its continuous alternative tell different stories."""
+    a, b = row["verdict"], alt["verdict"]
+    decided = "inconclusive" not in (a, b)
+    differ = a != b and (a in TRENDS or b in TRENDS)
+    reshaped = a == b and a in TRENDS and alt["shape"] and alt["shape"] != row["shape"]
+    if decided and (differ or reshaped):
         return (
             f"metric disagreement (Schaeffer et al. 2023): {row['verdict']} "
             f"({row['shape'] or '?'}) on the metric, {alt['verdict']} "

@@ -148,11 +148,7 @@ def names(expr: str) -> set[str]:
     """Names an expression refers to (columns or parameters), not functions."""
     tree = parse(expr)
     called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
-    return {
-        n.id
-        for n in ast.walk(tree)
-        if isinstance(n, ast.Name) and id(n) not in called and n.id not in CONSTANTS
-    }
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in called and n.id not in CONSTANTS}
 
 
 def _column(df: pd.DataFrame, name: str) -> np.ndarray:
@@ -225,9 +221,7 @@ class _Evaluator:
         return FUNCTIONS[node.func.id](*args)
 
 
-def evaluate(
-    expr: str, df: pd.DataFrame, params: Mapping[str, float] | None = None
-) -> np.ndarray:
+def evaluate(expr: str, df: pd.DataFrame, params: Mapping[str, float] | None = None) -> np.ndarray:
     """Evaluate `expr` row-wise over `df`; returns an array of len(df).
 
     Numeric results are float arrays, conditions are bool arrays. Raises
