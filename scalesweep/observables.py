@@ -6,9 +6,18 @@ at every evaluation and returns `{column: value}`; a *summary* observable reads
 the whole history (a tidy DataFrame, one row per evaluation) and the final
 model, and returns the run's scalars. One name may have both parts.
 
+An observable may also have an *at_init* part, `(model, data) -> {column: value}`,
+that the trainer calls on the freshly initialised model before the first step;
+its result reaches the summary as `RunContext.init_stats` (e.g. the coordinate
+sizes at initialisation of a muP coord check).
+
 A spec may add its own observable as `module:function`; such a function is a
 summary observable `(history, ctx) -> dict[str, float]`, loaded only because
 the spec names it.
+
+Observables that read a model's insides use its optional methods (see
+`zoo/models.py`): `features`, `layer_outputs`, `feature_weights`,
+`attention_patterns`; a model without them gets NaN, not an error.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ import pandas as pd
 import torch
 
 from scalesweep.errors import UserError
-from scalesweep.zoo.base import Dataset
+from scalesweep.zoo.base import IGNORE, Dataset, loss_fn_for
 
 
 @dataclass
@@ -53,6 +62,7 @@ class RunContext:
 
 StepFn = Callable[[EvalContext], dict[str, float]]
 SummaryFn = Callable[[pd.DataFrame, RunContext], dict[str, float]]
+InitFn = Callable[[torch.nn.Module, Dataset], dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -60,13 +70,16 @@ class Observable:
     name: str
     step: StepFn | None = None
     summary: SummaryFn | None = None
+    at_init: InitFn | None = None
 
 
 OBSERVABLES: dict[str, Observable] = {}
 
 
-def register(name: str, *, step: StepFn | None = None, summary: SummaryFn | None = None) -> None:
-    OBSERVABLES[name] = Observable(name, step, summary)
+def register(
+    name: str, *, step: StepFn | None = None, summary: SummaryFn | None = None, at_init: InitFn | None = None
+) -> None:
+    OBSERVABLES[name] = Observable(name, step, summary, at_init)
 
 
 def resolve(names: list[str]) -> list[Observable]:
@@ -110,13 +123,20 @@ def _final(columns: list[str]) -> SummaryFn:
     return summary
 
 
+def accuracy_of(out: torch.Tensor, y: torch.Tensor) -> float:
+    """Share of argmax predictions equal to the label, over scored labels (not IGNORE)."""
+    scored = y != IGNORE
+    return (out.argmax(-1) == y)[scored].float().mean().item()
+
+
 def _accuracy(ctx: EvalContext) -> dict[str, float]:
-    """train_acc, test_acc: share of argmax predictions equal to the label."""
+    """train_acc, test_acc: share of argmax predictions equal to the label (per-token
+    tasks: over the scored positions)."""
     if ctx.data.kind != "classification":
         return {}
     return {
-        "train_acc": (ctx.train_out.argmax(-1) == ctx.data.y_train).float().mean().item(),
-        "test_acc": (ctx.test_out.argmax(-1) == ctx.data.y_test).float().mean().item(),
+        "train_acc": accuracy_of(ctx.train_out, ctx.data.y_train),
+        "test_acc": accuracy_of(ctx.test_out, ctx.data.y_test),
     }
 
 
@@ -141,7 +161,9 @@ def fit_steps(history: pd.DataFrame, ctx: RunContext) -> dict[str, float]:
     are reached. Step 0 counts as step 1 so that the ratio stays finite."""
     t_train = first_step_reaching(history, "train_acc", ctx.fit_threshold)
     t_test = first_step_reaching(history, "test_acc", ctx.fit_threshold)
-    delay = math.log10(max(t_test, 1) / max(t_train, 1)) if not (math.isnan(t_train) or math.isnan(t_test)) else math.nan
+    delay = (
+        math.log10(max(t_test, 1) / max(t_train, 1)) if not (math.isnan(t_train) or math.isnan(t_test)) else math.nan
+    )
     return {
         "steps_to_fit_train": t_train,
         "steps_to_fit_test": t_test,
@@ -206,3 +228,214 @@ def _loss_spikes(history: pd.DataFrame, ctx: RunContext) -> dict[str, float]:
 
 
 register("loss_spikes", summary=_loss_spikes)
+
+
+# ---------------------------------------------------------------- activation scale (muP coord check)
+
+PROBE_SIZE = 1024  # test inputs that the per-eval activation scale is measured on
+
+
+def rms(x: torch.Tensor) -> float:
+    """sqrt(mean(x^2)) over every coordinate."""
+    return x.float().pow(2).mean().sqrt().item()
+
+
+def layer_outputs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The model's `layer_outputs(x)`, or just `{"features": features(x)}`, or {}."""
+    if hasattr(model, "layer_outputs"):
+        return model.layer_outputs(x)
+    return {"features": model.features(x)} if hasattr(model, "features") else {}
+
+
+@torch.no_grad()
+def activation_rms_of(model: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """{layer: RMS of its output} (Yang et al. 2021's coordinate size)."""
+    return {name: rms(out) for name, out in layer_outputs(model, x).items()}
+
+
+def _activation_rms_columns(prefix: str, per_layer: dict[str, float]) -> dict[str, float]:
+    last = list(per_layer.values())[-1] if per_layer else math.nan
+    return {prefix: last, **{f"{prefix}.{name}": value for name, value in per_layer.items()}}
+
+
+def _activation_rms_init(model: torch.nn.Module, data: Dataset) -> dict[str, float]:
+    return _activation_rms_columns("activation_rms_init", activation_rms_of(model, data.x_test[:PROBE_SIZE]))
+
+
+def _activation_rms_step(ctx: EvalContext) -> dict[str, float]:
+    """activation_rms: RMS of the last hidden layer's output on the first 1024 test inputs."""
+    per_layer = activation_rms_of(ctx.model, ctx.data.x_test[:PROBE_SIZE])
+    return {"activation_rms": list(per_layer.values())[-1] if per_layer else math.nan}
+
+
+def _activation_rms_summary(history: pd.DataFrame, ctx: RunContext) -> dict[str, float]:
+    """activation_rms_init / _final: sqrt(mean(h^2)) of the last hidden layer's output h on
+    the first 1024 test inputs, before training and at the end; `.<layer>` columns give
+    every layer of `layer_outputs`. In a muP coord check (Yang et al. 2021) these stay
+    flat across width under mup and grow with width under sp."""
+    final = _activation_rms_columns("activation_rms_final", activation_rms_of(ctx.model, ctx.data.x_test[:PROBE_SIZE]))
+    init = {k: v for k, v in ctx.init_stats.items() if k.startswith("activation_rms_init")}
+    return {**init, **final}
+
+
+register("activation_rms", step=_activation_rms_step, summary=_activation_rms_summary, at_init=_activation_rms_init)
+
+
+# ---------------------------------------------------------------- representation geometry
+
+RANK_ROWS = 4096  # rows (examples, or example-positions) the effective rank is computed on
+
+
+def effective_rank_of(h: torch.Tensor) -> float:
+    """exp(-sum_i p_i log p_i) with p_i = s_i^2 / sum_j s_j^2, s the singular values of the
+    centred representation (rows: examples): the exp-entropy of the PCA explained-variance
+    ratios (Roy & Vetterli 2007's effective rank on the variance spectrum). Ranges from 1
+    (one direction) to min(rows, dims) (isotropic)."""
+    h = h.reshape(-1, h.shape[-1]).double()
+    h = h - h.mean(0)
+    s2 = torch.linalg.svdvals(h).pow(2)
+    if float(s2.sum()) <= 0:
+        return math.nan
+    p = s2 / s2.sum()
+    p = p[p > 0]
+    return math.exp(float(-(p * p.log()).sum()))
+
+
+@torch.no_grad()
+def _effective_rank(history: pd.DataFrame, ctx: RunContext) -> dict[str, float]:
+    """effective_rank: effective_rank_of(features) on the test set (first 4096 rows)."""
+    if not hasattr(ctx.model, "features"):
+        return {"effective_rank": math.nan}
+    h = ctx.model.features(ctx.data.x_test)
+    return {"effective_rank": effective_rank_of(h.reshape(-1, h.shape[-1])[:RANK_ROWS])}
+
+
+register("effective_rank", summary=_effective_rank)
+
+
+@torch.no_grad()
+def relu_rates(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """Per ReLU unit (the last dim of every nn.ReLU output), the share of inputs (and
+    positions) on which it is active (> 0); None when the model has no nn.ReLU."""
+    rates: list[torch.Tensor] = []
+
+    def hook(module, inputs, out):
+        rates.append((out > 0).float().reshape(-1, out.shape[-1]).mean(0))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.ReLU)]
+    try:
+        model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.cat(rates) if rates else None
+
+
+def unit_fractions(rates: torch.Tensor | None) -> dict[str, float]:
+    """dead_fraction = share of units with rate 0 (never on); hyperactive_fraction = rate 1
+    (always on, i.e. linear); nonlinear_rate = share strictly between (the nonlinear rate)."""
+    if rates is None or not len(rates):
+        return {"dead_fraction": math.nan, "hyperactive_fraction": math.nan, "nonlinear_rate": math.nan}
+    return {
+        "dead_fraction": (rates == 0).float().mean().item(),
+        "hyperactive_fraction": (rates == 1).float().mean().item(),
+        "nonlinear_rate": ((rates > 0) & (rates < 1)).float().mean().item(),
+    }
+
+
+def _dead_fraction(history: pd.DataFrame, ctx: RunContext) -> dict[str, float]:
+    """dead_fraction, hyperactive_fraction, nonlinear_rate of every ReLU unit on the whole test set."""
+    return unit_fractions(relu_rates(ctx.model, ctx.data.x_test))
+
+
+register("dead_fraction", summary=_dead_fraction)
+
+
+# ---------------------------------------------------------------- superposition
+
+
+def features_per_dim_of(w: torch.Tensor, threshold: float = 0.5) -> float:
+    """#{i : ||W_:,i|| > threshold} / m for W of shape (m, n): features represented per
+    hidden dimension (Elhage et al. 2022); above 1 means superposition."""
+    return (w.norm(dim=0) > threshold).sum().item() / w.shape[0]
+
+
+@torch.no_grad()
+def _features_per_dim(history: pd.DataFrame, ctx: RunContext) -> dict[str, float]:
+    """features_per_dim: features_per_dim_of(model.feature_weights()); NaN for models without it."""
+    if not hasattr(ctx.model, "feature_weights"):
+        return {"features_per_dim": math.nan}
+    return {"features_per_dim": features_per_dim_of(ctx.model.feature_weights())}
+
+
+register("features_per_dim", summary=_features_per_dim)
+
+
+# ---------------------------------------------------------------- induction heads
+
+
+def repeated_random_tokens(vocab: int, period: int, repeats: int, batch: int, seed: int = 0) -> torch.Tensor:
+    """`batch` sequences, each `period` distinct random tokens repeated `repeats` times."""
+    g = torch.Generator().manual_seed(seed)
+    rows = [torch.randperm(vocab, generator=g)[:period] for _ in range(batch)]
+    return torch.stack(rows).repeat(1, repeats)
+
+
+def induction_scores(patterns: list[torch.Tensor], period: int) -> torch.Tensor:
+    """Per layer and head, the mean attention from position t >= period to t - period + 1:
+    the token after the previous occurrence of the current token (Olsson et al. 2022)."""
+    t = patterns[0].shape[-1]
+    query = torch.arange(period, t)
+    return torch.stack([p[:, :, query, query - period + 1].mean((0, 2)) for p in patterns])
+
+
+@torch.no_grad()
+def _induction_score(history: pd.DataFrame, ctx: RunContext) -> dict[str, float]:
+    """induction_score: max over layers and heads of induction_scores on 16 sequences of
+    10 random tokens repeated 5 times (fewer repeats if the context is shorter; NaN
+    below 2 repeats, or for models without `attention_patterns`). Chance ~ 1/context."""
+    shape, period = ctx.data.shape, 10
+    repeats = min(5, shape.seq_len // period)
+    if not hasattr(ctx.model, "attention_patterns") or repeats < 2 or shape.vocab < period:
+        return {"induction_score": math.nan}
+    device = ctx.data.x_test.device
+    tokens = repeated_random_tokens(shape.vocab, period, repeats, batch=16).to(device)
+    return {"induction_score": induction_scores(ctx.model.attention_patterns(tokens), period).max().item()}
+
+
+register("induction_score", summary=_induction_score)
+
+
+# ---------------------------------------------------------------- sharpness
+
+SHARPNESS_ROWS = 1024  # training examples the Hessian is taken on
+SHARPNESS_ITERS = 20
+
+
+def sharpness_of(model: torch.nn.Module, loss: Callable[[], torch.Tensor], iters: int = SHARPNESS_ITERS) -> float:
+    """Largest-magnitude eigenvalue of the Hessian of `loss()` in the parameters, by power
+    iteration v <- Hv / ||Hv|| with Hessian-vector products (double backward); returns
+    the Rayleigh quotient v.Hv (Cohen et al. 2021's sharpness)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss(), params, create_graph=True)
+    g = torch.Generator().manual_seed(0)
+    v = [torch.randn(p.shape, generator=g).to(p.device) for p in params]
+    value = math.nan
+    for _ in range(iters):
+        norm = math.sqrt(sum(float(u.pow(2).sum()) for u in v))
+        v = [u / norm for u in v]
+        hv = torch.autograd.grad(grads, params, v, retain_graph=True)
+        value = float(sum((h * u).sum() for h, u in zip(hv, v, strict=True)))
+        v = [h.detach() for h in hv]
+    return value
+
+
+def _sharpness(history: pd.DataFrame, ctx: RunContext) -> dict[str, float]:
+    """sharpness: sharpness_of the training loss on the first 1024 training examples."""
+    x, y = ctx.data.x_train[:SHARPNESS_ROWS], ctx.data.y_train[:SHARPNESS_ROWS]
+    loss_fn = loss_fn_for(ctx.data)
+    with torch.enable_grad():
+        return {"sharpness": sharpness_of(ctx.model, lambda: loss_fn(ctx.model(x), y))}
+
+
+register("sharpness", summary=_sharpness)

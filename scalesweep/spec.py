@@ -115,7 +115,21 @@ class TrackingSpec(StrictModel):
     experiment: str | None = None
 
 
-DEFAULT_OBSERVABLES = ["loss", "accuracy", "fit_steps", "weight_norm", "loss_spikes"]
+# Cheap enough to run on every sweep; each is NaN where the model lacks what it reads
+# (induction_score needs attention, features_per_dim the toy model of superposition).
+DEFAULT_OBSERVABLES = [
+    "loss",
+    "accuracy",
+    "fit_steps",
+    "weight_norm",
+    "grad_norm",
+    "loss_spikes",
+    "activation_rms",
+    "effective_rank",
+    "dead_fraction",
+    "features_per_dim",
+    "induction_score",
+]
 
 
 class SweepSpec(StrictModel):

@@ -1,4 +1,4 @@
-"""Train one RunConfig with torch, yielding what it measures as it goes.
+"""Train one RunConfig, or a seed ensemble of them, with torch, yielding what it measures as it goes.
 
 Training is a generator of *events* so that the same code serves a plain
 loop, a test and a Ray streaming task: the caller decides where rows go.
@@ -11,23 +11,36 @@ Events are dicts with a `run_key` and a `kind`:
 
 A NaN or infinite loss is not a failure: the run stops, and its summary says
 `diverged = 1`, because instability is a phenomenon too.
+
+Seed ensembles: runs that differ only in seed train together as one
+vectorised model (`torch.func`: stacked parameters, `vmap` over
+`functional_call`), as in the torch.func model-ensembling tutorial. Each seed
+keeps its own data, minibatch stream and events, and matches the same seed
+trained alone to float tolerance: the optimisers used (SGD, Adam, AdamW) act
+elementwise, so one optimiser over stacked parameters is one per seed, and the
+gradient of the summed per-seed losses is each seed's own gradient.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
+from torch.func import functional_call, stack_module_state, vmap
 
 from scalesweep import observables as obs
-from scalesweep.plan import RunConfig
+from scalesweep.plan import RunConfig, group_by_ensemble
+from scalesweep.spec import TrainingSpec
 from scalesweep.zoo import FAMILIES, TASKS, Dataset
+from scalesweep.zoo.base import loss_fn_for
+
+__all__ = ["build", "loss_fn_for", "n_params", "pick_device", "train_one", "train_runs", "train_to_result"]
 
 Event = dict[str, Any]
 FLUSH_SECONDS = 1.0
@@ -57,25 +70,35 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def make_optimizer(model: torch.nn.Module, config: RunConfig) -> torch.optim.Optimizer:
-    t = config.training
-    groups = getattr(model, "param_groups", None)
-    params = groups(t.lr) if callable(groups) else model.parameters()
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay)
-    if t.optimizer == "adam":
-        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
-    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+def lr_multipliers(model: torch.nn.Module, optimizer: str) -> dict[str, float]:
+    """The model's per-parameter learning-rate factors (muP), {} when it has none."""
+    method = getattr(model, "lr_multipliers", None)
+    return method(optimizer) if callable(method) else {}
 
 
-def loss_fn_for(data: Dataset):
-    return F.cross_entropy if data.kind == "classification" else F.mse_loss
+def make_optimizer(
+    named_params: Iterable[tuple[str, torch.Tensor]], multipliers: dict[str, float], t: TrainingSpec
+) -> torch.optim.Optimizer:
+    """One parameter group per learning-rate factor (muP gives hidden matrices their own)."""
+    groups: dict[float, list[torch.Tensor]] = {}
+    for name, param in named_params:
+        groups.setdefault(multipliers.get(name, 1.0), []).append(param)
+    params = [{"params": ps, "lr": t.lr * factor} for factor, ps in groups.items()]
+    kind = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[t.optimizer]
+    try:  # one fused kernel for all parameters: several times faster for small models
+        return kind(params, lr=t.lr, weight_decay=t.weight_decay, fused=True)
+    except (RuntimeError, ValueError):  # a device or dtype without a fused implementation
+        return kind(params, lr=t.lr, weight_decay=t.weight_decay)
 
 
 def train_runs(configs: list[RunConfig], gpus_per_run: float = 0.0) -> Iterator[Event]:
-    """Train runs one after the other (seed ensembles may train them together)."""
-    for config in configs:
-        yield from train_one(config, pick_device(gpus_per_run))
+    """Train runs; those that differ only in seed train together as a vectorised ensemble."""
+    device = pick_device(gpus_per_run)
+    for group in group_by_ensemble(configs):
+        if len(group) >= 2:
+            yield from train_ensemble(group, device)
+        else:
+            yield from train_one(group[0], device)
 
 
 def train_one(config: RunConfig, device: torch.device | None = None) -> Iterator[Event]:
@@ -84,41 +107,100 @@ def train_one(config: RunConfig, device: torch.device | None = None) -> Iterator
     try:
         yield from _train(config, device or torch.device("cpu"))
     except Exception as err:  # a crashing run is recorded, and the sweep goes on
-        yield {"run_key": key, "kind": "failed", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+        yield _failed(key, err)
+
+
+def _failed(key: str, err: Exception) -> Event:
+    return {
+        "run_key": key,
+        "kind": "failed",
+        "error": f"{type(err).__name__}: {err}",
+        "traceback": traceback.format_exc(),
+    }
+
+
+class Recorder:
+    """One run's measurements: init stats, evaluation rows (flushed as events), summary."""
+
+    def __init__(self, config: RunConfig, model: torch.nn.Module, data: Dataset, started: float):
+        self.config, self.model, self.data, self.started = config, model, data, started
+        self.key = config.run_key
+        self.loss_fn = loss_fn_for(data)
+        self.observables = obs.resolve(config.observables)
+        self.history: list[dict[str, float]] = []
+        self.buffer: list[dict[str, float]] = []
+        self.last_flush = time.perf_counter()
+        self.diverged = False
+        self.init_stats: dict[str, float] = {}
+        for observable in self.observables:
+            if observable.at_init is not None:
+                with torch.no_grad():
+                    self.init_stats.update(observable.at_init(model, data))
+
+    def evaluate(
+        self, step: int, grad_norm: float, outputs: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> list[Event]:
+        """Measure the step observables; returns the metrics event due now, if any."""
+        row = _evaluate(self.model, self.data, self.loss_fn, self.observables, step, grad_norm, outputs)
+        self.history.append(row)
+        self.buffer.append(row)
+        self.diverged = not all(math.isfinite(row.get(c, 0.0)) for c in ("train_loss", "test_loss"))
+        if self.diverged or time.perf_counter() - self.last_flush > FLUSH_SECONDS:
+            return self.flush()
+        return []
+
+    def flush(self) -> list[Event]:
+        events = [{"run_key": self.key, "kind": "metrics", "rows": self.buffer}] if self.buffer else []
+        self.buffer, self.last_flush = [], time.perf_counter()
+        return events
+
+    def finish(self, **extra: float) -> list[Event]:
+        """The last metrics and the summary event."""
+        ctx = obs.RunContext(
+            self.model, self.data, self.config.training.steps, self.config.training.fit_threshold, self.init_stats
+        )
+        summary: dict[str, float] = {}
+        for observable in self.observables:
+            if observable.summary is not None:
+                summary.update({k: float(v) for k, v in observable.summary(pd.DataFrame(self.history), ctx).items()})
+        summary.update(
+            n_params=float(n_params(self.model)),
+            diverged=float(self.diverged),
+            train_seconds=time.perf_counter() - self.started,
+            **extra,
+        )
+        return [*self.flush(), {"run_key": self.key, "kind": "summary", "summary": summary}]
+
+
+def _is_eval_step(step: int, t: TrainingSpec) -> bool:
+    return step % t.eval_every == 0 or step == t.steps
 
 
 def _train(config: RunConfig, device: torch.device) -> Iterator[Event]:
     started = time.perf_counter()
-    key, t = config.run_key, config.training
+    t = config.training
     model, data = build(config, device)
-    loss_fn = loss_fn_for(data)
-    observables = obs.resolve(config.observables)
-    optimizer = make_optimizer(model, config)
+    recorder = Recorder(config, model, data, started)
+    optimizer = make_optimizer(model.named_parameters(), lr_multipliers(model, t.optimizer), t)
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    history: list[dict[str, float]] = []
-    buffer: list[dict[str, float]] = []
-    last_flush = time.perf_counter()
     grad_norm = math.nan
-    diverged = False
     for step in range(t.steps + 1):
-        if step % t.eval_every == 0 or step == t.steps:
-            row = _evaluate(model, data, loss_fn, observables, step, grad_norm)
-            history.append(row)
-            buffer.append(row)
-            diverged = not all(math.isfinite(row.get(c, 0.0)) for c in ("train_loss", "test_loss"))
-            if buffer and (diverged or time.perf_counter() - last_flush > FLUSH_SECONDS):
-                yield {"run_key": key, "kind": "metrics", "rows": buffer}
-                buffer, last_flush = [], time.perf_counter()
-        if step == t.steps or diverged:
+        if _is_eval_step(step, t):
+            yield from recorder.evaluate(step, grad_norm)
+        if step == t.steps or recorder.diverged:
             break
         if t.fail_at_step is not None and step == t.fail_at_step:
             raise InjectedFailure(f"injected failure at step {step} (training.fail_at_step)")
-        grad_norm = _train_step(model, data, loss_fn, optimizer, t.batch_size, generator, step % t.eval_every == t.eval_every - 1)
-    if buffer:
-        yield {"run_key": key, "kind": "metrics", "rows": buffer}
-    summary = _summarise(pd.DataFrame(history), model, data, config, observables)
-    summary.update(n_params=float(n_params(model)), diverged=float(diverged), train_seconds=time.perf_counter() - started)
-    yield {"run_key": key, "kind": "summary", "summary": summary}
+        want_norm = _is_eval_step(step + 1, t)
+        grad_norm = _train_step(model, data, recorder.loss_fn, optimizer, t.batch_size, generator, want_norm)
+    yield from recorder.finish()
+
+
+def _minibatch_index(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> torch.Tensor | None:
+    """Indices of a minibatch drawn with replacement, or None for the whole set."""
+    if batch_size >= n:
+        return None
+    return torch.randint(n, (batch_size,), generator=generator, device=device)
 
 
 def _train_step(model, data: Dataset, loss_fn, optimizer, batch_size: int, generator, want_grad_norm: bool) -> float:
@@ -126,12 +208,8 @@ def _train_step(model, data: Dataset, loss_fn, optimizer, batch_size: int, gener
 
     The gradient norm is only read (a host sync) just before an evaluation.
     """
-    n = len(data.x_train)
-    if batch_size >= n:
-        x, y = data.x_train, data.y_train
-    else:
-        idx = torch.randint(n, (batch_size,), generator=generator, device=data.x_train.device)
-        x, y = data.x_train[idx], data.y_train[idx]
+    idx = _minibatch_index(len(data.x_train), batch_size, generator, data.x_train.device)
+    x, y = (data.x_train, data.y_train) if idx is None else (data.x_train[idx], data.y_train[idx])
     optimizer.zero_grad(set_to_none=True)
     loss = loss_fn(model(x), y)
     loss.backward()
@@ -143,9 +221,13 @@ def _train_step(model, data: Dataset, loss_fn, optimizer, batch_size: int, gener
 
 
 @torch.no_grad()
-def _evaluate(model, data: Dataset, loss_fn, observables: list[obs.Observable], step: int, grad_norm: float) -> dict[str, float]:
+def _evaluate(
+    model, data: Dataset, loss_fn, observables: list[obs.Observable], step: int, grad_norm: float, outputs=None
+) -> dict[str, float]:
+    """One evaluation row; `outputs` (train, test) when the caller already computed them."""
     model.eval()
-    ctx = obs.EvalContext(step, model, data, model(data.x_train), model(data.x_test), loss_fn, grad_norm)
+    train_out, test_out = outputs if outputs is not None else (model(data.x_train), model(data.x_test))
+    ctx = obs.EvalContext(step, model, data, train_out, test_out, loss_fn, grad_norm)
     row: dict[str, float] = {"step": float(step)}
     for observable in observables:
         if observable.step is not None:
@@ -154,13 +236,125 @@ def _evaluate(model, data: Dataset, loss_fn, observables: list[obs.Observable], 
     return row
 
 
-def _summarise(history: pd.DataFrame, model, data: Dataset, config: RunConfig, observables) -> dict[str, float]:
-    ctx = obs.RunContext(model, data, config.training.steps, config.training.fit_threshold)
-    summary: dict[str, float] = {}
-    for observable in observables:
-        if observable.summary is not None:
-            summary.update({k: float(v) for k, v in observable.summary(history, ctx).items()})
-    return summary
+# ---------------------------------------------------------------- seed ensembles
+
+
+class Ensemble:
+    """S copies of one architecture as stacked parameters, run with vmap(functional_call).
+
+    Each seed's own module stays usable (observables read it): its parameters are
+    rebound to views of the stacked tensors, which the optimiser updates in place.
+    """
+
+    def __init__(self, models: list[torch.nn.Module]):
+        self.models = models
+        self.params, self.buffers = stack_module_state(models)
+        for i, model in enumerate(models):
+            for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+                tensor.data = (self.params.get(name, self.buffers.get(name))).data[i]
+        self.base = copy.deepcopy(models[0]).to("meta")
+
+    def _call(self, params, buffers, x):
+        return functional_call(self.base, (params, buffers), (x,))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Outputs of every seed on its own inputs: x is (S, batch, ...)."""
+        return vmap(self._call)(self.params, self.buffers, x)
+
+    def losses(self, loss_fn, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(S,) losses, seed s on its inputs x[s] and labels y[s]."""
+        return vmap(lambda p, b, xs, ys: loss_fn(self._call(p, b, xs), ys))(self.params, self.buffers, x, y)
+
+    def grad_norms(self) -> list[float]:
+        """Each seed's gradient L2 norm (over all its parameters)."""
+        total = sum(p.grad.pow(2).flatten(1).sum(1) for p in self.params.values() if p.grad is not None)
+        return total.sqrt().tolist()
+
+
+def train_ensemble(configs: list[RunConfig], device: torch.device) -> Iterator[Event]:
+    """Train runs that differ only in seed as one vectorised ensemble; fall back to one
+    after the other when they cannot be stacked. An exception fails every run of the
+    ensemble that has not finished yet; a diverging seed finishes alone."""
+    started = time.perf_counter()
+    try:
+        built = [build(config, device) for config in configs]
+    except Exception as err:
+        for config in configs:
+            yield _failed(config.run_key, err)
+        return
+    if not _can_stack(built, configs[0]):
+        for config in configs:
+            yield from train_one(config, device)
+        return
+    finished: set[str] = set()
+    try:
+        for event in _train_ensemble(configs, built, device, started):
+            if event["kind"] == "summary":
+                finished.add(event["run_key"])
+            yield event
+    except Exception as err:
+        for config in configs:
+            if config.run_key not in finished:
+                yield _failed(config.run_key, err)
+
+
+def _can_stack(built: list[tuple[torch.nn.Module, Dataset]], config: RunConfig) -> bool:
+    """Same parameter and data shapes, and a vmapped forward/backward that works."""
+    models, datas = [m for m, _ in built], [d for _, d in built]
+    names = [[(n, p.shape) for n, p in m.named_parameters()] for m in models]
+    shapes = [(d.x_train.shape, d.y_train.shape, d.x_test.shape, d.y_test.shape) for d in datas]
+    if any(n != names[0] for n in names) or any(s != shapes[0] for s in shapes):
+        return False
+    try:
+        trial = Ensemble([copy.deepcopy(m) for m in models[:2]])
+        x = torch.stack([d.x_train[:2] for d in datas[:2]])
+        y = torch.stack([d.y_train[:2] for d in datas[:2]])
+        trial.losses(loss_fn_for(datas[0]), x, y).sum().backward()
+    except Exception:  # an architecture vmap cannot batch: train the seeds one by one
+        return False
+    return True
+
+
+def _train_ensemble(configs: list[RunConfig], built, device: torch.device, started: float) -> Iterator[Event]:
+    t = configs[0].training
+    models, datas = [m for m, _ in built], [d for _, d in built]
+    recorders = [Recorder(c, m, d, started) for c, (m, d) in zip(configs, built, strict=True)]
+    ensemble = Ensemble(models)
+    loss_fn = recorders[0].loss_fn
+    multipliers = lr_multipliers(models[0], t.optimizer)
+    optimizer = make_optimizer(ensemble.params.items(), multipliers, t)
+    generators = [torch.Generator(device=device).manual_seed(c.seed) for c in configs]
+    x_train, y_train = torch.stack([d.x_train for d in datas]), torch.stack([d.y_train for d in datas])
+    x_test = torch.stack([d.x_test for d in datas])
+    seeds = torch.arange(len(configs), device=device)[:, None]
+    active = list(range(len(configs)))
+    grad_norms = [math.nan] * len(configs)
+    for step in range(t.steps + 1):
+        if _is_eval_step(step, t):
+            with torch.no_grad():
+                train_out, test_out = ensemble(x_train), ensemble(x_test)
+            for i in list(active):
+                yield from recorders[i].evaluate(step, grad_norms[i], (train_out[i], test_out[i]))
+                if recorders[i].diverged:  # it stops here, as it would alone; the others go on
+                    active.remove(i)
+                    yield from recorders[i].finish(ensemble_size=float(len(configs)))
+        if step == t.steps or not active:
+            break
+        if t.fail_at_step is not None and step == t.fail_at_step:
+            raise InjectedFailure(f"injected failure at step {step} (training.fail_at_step)")
+        idx = [_minibatch_index(x_train.shape[1], t.batch_size, g, device) for g in generators]
+        if idx[0] is None:
+            x, y = x_train, y_train
+        else:
+            rows = torch.stack(idx)
+            x, y = x_train[seeds, rows], y_train[seeds, rows]
+        optimizer.zero_grad(set_to_none=True)
+        ensemble.losses(loss_fn, x, y).sum().backward()
+        if _is_eval_step(step + 1, t):
+            grad_norms = ensemble.grad_norms()
+        optimizer.step()
+    for i in active:
+        yield from recorders[i].finish(ensemble_size=float(len(configs)))
 
 
 def train_to_result(config: RunConfig) -> tuple[pd.DataFrame, dict[str, float]]:

@@ -6,8 +6,8 @@ parametrization) into a torch module. New tasks or families register
 themselves with `register_task` / `register_family`.
 """
 
-from scalesweep.zoo.base import FAMILIES, TASKS, Dataset, DataShape, FamilyInfo, TaskInfo
 from scalesweep.zoo import models as _models  # noqa: F401  (registers the families)
 from scalesweep.zoo import tasks as _tasks  # noqa: F401  (registers the tasks)
+from scalesweep.zoo.base import FAMILIES, TASKS, Dataset, DataShape, FamilyInfo, TaskInfo
 
 __all__ = ["FAMILIES", "TASKS", "DataShape", "Dataset", "FamilyInfo", "TaskInfo"]

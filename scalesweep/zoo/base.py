@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 
 
@@ -21,7 +22,9 @@ class DataShape:
     """What a model needs to know about its inputs and outputs.
 
     `tokens` inputs are integer sequences of length `seq_len` over `vocab`;
-    `vectors` inputs are float vectors of size `input_dim`.
+    `vectors` inputs are float vectors of size `input_dim`. `per_token` tasks
+    have one target per position (labels `(N, seq_len)`, `IGNORE` where a
+    position is not scored), so only sequence models can fit them.
     """
 
     input_kind: Literal["tokens", "vectors"]
@@ -29,11 +32,19 @@ class DataShape:
     vocab: int = 0
     seq_len: int = 0
     input_dim: int = 0
+    per_token: bool = False
+
+
+IGNORE = -100  # label of a position that is not scored (F.cross_entropy's ignore_index)
 
 
 @dataclass
 class Dataset:
-    """Train and test tensors of one run, plus the loss the task is scored by."""
+    """Train and test tensors of one run, plus the loss the task is scored by.
+
+    `loss_weights` (regression only) weights the squared error of each output,
+    e.g. the feature importances of the superposition toy model.
+    """
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -41,8 +52,10 @@ class Dataset:
     y_test: torch.Tensor
     shape: DataShape
     kind: Literal["classification", "regression"]
+    loss_weights: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> Dataset:
+        weights = None if self.loss_weights is None else self.loss_weights.to(device)
         return Dataset(
             self.x_train.to(device),
             self.y_train.to(device),
@@ -50,7 +63,27 @@ class Dataset:
             self.y_test.to(device),
             self.shape,
             self.kind,
+            weights,
         )
+
+
+def cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """mean_i -log softmax(out_i)[y_i]: F.cross_entropy written out, because under vmap
+    (seed ensembles) F.cross_entropy falls back to a slow Python decomposition."""
+    return -out.log_softmax(-1).gather(-1, y.unsqueeze(-1)).mean()
+
+
+def loss_fn_for(data: Dataset) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The loss a task is scored by: cross-entropy (per-token tasks: over the positions
+    that are not IGNORE), or mean squared error, weighted per output by `loss_weights`."""
+    if data.kind == "classification":
+        if data.shape.per_token:
+            return lambda out, y: F.cross_entropy(out.flatten(0, -2), y.flatten(), ignore_index=IGNORE)
+        return cross_entropy
+    if data.loss_weights is not None:
+        weights = data.loss_weights
+        return lambda out, y: ((out - y).pow(2) * weights).mean()
+    return F.mse_loss
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,192 @@
+"""Seed ensembles: each seed's numbers equal the same seed trained alone; failures stay contained."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from scalesweep.plan import RunConfig
+from scalesweep.spec import TrainingSpec
+from scalesweep.train import train_ensemble, train_one, train_runs
+from scalesweep.zoo import FAMILIES, TASKS
+from scalesweep.zoo.base import Dataset, DataShape, Params, register_family, register_task
+
+CPU = torch.device("cpu")
+OBSERVABLES = [
+    "loss",
+    "accuracy",
+    "fit_steps",
+    "weight_norm",
+    "grad_norm",
+    "loss_spikes",
+    "activation_rms",
+    "effective_rank",
+]
+NOT_COMPARED = {"train_seconds", "ensemble_size"}
+
+
+def configs(seeds=(0, 1, 2), **overrides) -> list[RunConfig]:
+    training = {"steps": 30, "batch_size": 32, "eval_every": 10, "lr": 1e-2, "weight_decay": 0.5}
+    training.update(overrides.pop("training", {}))
+    base = dict(
+        sweep="t",
+        task="modular_arithmetic",
+        task_params={"p": 13},
+        family="mlp",
+        model_params={"depth": 2, "embed_dim": 8},
+        parametrization="sp",
+        model_size=16,
+        data_size=100,
+        training=TrainingSpec(**training),
+        observables=OBSERVABLES,
+    )
+    base.update(overrides)
+    return [RunConfig(seed=s, **base) for s in seeds]
+
+
+def by_run(events) -> dict[str, dict]:
+    runs: dict[str, dict] = {}
+    for event in events:
+        run = runs.setdefault(event["run_key"], {"rows": [], "end": []})
+        if event["kind"] == "metrics":
+            assert not run["end"], "no metrics after the run ended"
+            run["rows"] += event["rows"]
+        else:
+            run["end"].append(event)
+    return runs
+
+
+def assert_same(alone: dict, together: dict, rtol: float = 1e-4) -> None:
+    assert [e["kind"] for e in alone["end"]] == [e["kind"] for e in together["end"]] == ["summary"]
+    a, b = alone["end"][0]["summary"], together["end"][0]["summary"]
+    assert set(a) == set(b) - {"ensemble_size"}
+    for key in set(a) - NOT_COMPARED:
+        assert a[key] == pytest.approx(b[key], rel=rtol, abs=1e-5, nan_ok=True), key
+    assert len(alone["rows"]) == len(together["rows"])
+    for ra, rb in zip(alone["rows"], together["rows"], strict=True):
+        assert ra == pytest.approx(rb, rel=rtol, abs=1e-5, nan_ok=True)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},  # minibatches of an MLP with AdamW
+        {"parametrization": "mup", "model_size": 64, "training": {"optimizer": "sgd", "lr": 0.1}},
+        {
+            "task": "in_context",
+            "task_params": {"vocab": 12, "seq_len": 12, "span": 3, "n_test": 16},
+            "family": "transformer",
+            "model_params": {"n_heads": 2, "attention_only": True},
+            "parametrization": "mup",
+            "model_size": 16,
+            "data_size": 40,
+            "training": {"steps": 10, "batch_size": 64, "eval_every": 5, "optimizer": "adam"},
+        },
+        {
+            "task": "superposition",
+            "task_params": {"n_features": 6, "n_test": 50},
+            "family": "tms",
+            "model_params": {},
+            "model_size": 2,
+            "observables": OBSERVABLES + ["features_per_dim"],
+        },
+    ],
+    ids=["mlp-adamw", "mlp-mup-sgd", "transformer-mup-adam", "tms"],
+)
+def test_ensemble_equals_each_seed_trained_alone(overrides):
+    runs = configs(**overrides)
+    alone = by_run(e for c in runs for e in train_one(c, CPU))
+    together = by_run(train_ensemble(runs, CPU))
+    assert set(together) == {c.run_key for c in runs}
+    for config in runs:
+        assert_same(alone[config.run_key], together[config.run_key])
+        assert together[config.run_key]["end"][0]["summary"]["ensemble_size"] == len(runs)
+    summaries = [together[c.run_key]["end"][0]["summary"]["final_train_loss"] for c in runs]
+    assert len(set(summaries)) == len(runs), "seeds differ (own init, own data)"
+
+
+class NaNParams(Params):
+    bad_seed: int = 1
+
+
+@pytest.fixture
+def nan_task():
+    """Regression data that is NaN for one seed only: that seed must diverge alone."""
+
+    @register_task("test_nan_for_one_seed", NaNParams, known_for="testing")
+    def make(params: NaNParams, data_size: int, seed: int) -> Dataset:
+        g = torch.Generator().manual_seed(seed)
+        x, y = torch.randn(data_size + 20, 3, generator=g), torch.randn(data_size + 20, 1, generator=g)
+        if seed == params.bad_seed:
+            y[:] = math.nan
+        return Dataset(
+            x[:data_size],
+            y[:data_size],
+            x[data_size:],
+            y[data_size:],
+            DataShape("vectors", 1, input_dim=3),
+            "regression",
+        )
+
+    yield "test_nan_for_one_seed"
+    TASKS.pop("test_nan_for_one_seed")
+
+
+def test_a_diverging_seed_is_isolated(nan_task):
+    runs = configs(task=nan_task, task_params={}, model_params={"depth": 1})
+    together = by_run(train_ensemble(runs, CPU))
+    for config in runs:
+        summary = together[config.run_key]["end"][0]["summary"]
+        assert summary["diverged"] == float(config.seed == 1)
+        if config.seed == 1:
+            assert [r["step"] for r in together[config.run_key]["rows"]] == [0.0]  # stopped at its first eval
+        else:
+            assert_same(by_run(train_one(config, CPU))[config.run_key], together[config.run_key])
+
+
+def test_an_exception_fails_the_ensemble_not_the_process():
+    runs = configs(training={"fail_at_step": 12})
+    ends = {k: v["end"] for k, v in by_run(train_runs(runs)).items()}
+    assert all([e["kind"] for e in end] == ["failed"] for end in ends.values()) and len(ends) == 3
+    assert "InjectedFailure" in next(iter(ends.values()))[0]["error"]
+    bad = configs(data_size=10_000)  # more pairs than the task has: fails while building
+    assert all(e["kind"] == "failed" and "data_size" in e["error"] for e in train_runs(bad))
+
+
+class Branchy(nn.Module):
+    """Data-dependent control flow, which vmap cannot batch."""
+
+    def __init__(self, width: int, shape: DataShape):
+        super().__init__()
+        self.embed = nn.Embedding(shape.vocab, width)
+        self.readout = nn.Linear(width * shape.seq_len, shape.output_dim)
+
+    def forward(self, x):
+        h = self.embed(x).flatten(1)
+        return self.readout(h if h.sum() > 0 else -h)
+
+
+@pytest.fixture
+def branchy_family():
+    register_family("test_branchy", Params, knob="width")(lambda p, w, shape, par: Branchy(w, shape))
+    yield "test_branchy"
+    FAMILIES.pop("test_branchy")
+
+
+def test_an_architecture_vmap_cannot_batch_falls_back_to_one_by_one(branchy_family):
+    runs = configs(family=branchy_family, model_params={}, observables=["loss"])
+    together = by_run(train_runs(runs))
+    for config in runs:
+        assert_same(by_run(train_one(config, CPU))[config.run_key], together[config.run_key])
+        assert "ensemble_size" not in together[config.run_key]["end"][0]["summary"]
+
+
+def test_train_runs_groups_mixed_runs_by_ensemble():
+    runs = configs(seeds=(0, 1)) + configs(seeds=(0,), model_size=8) + configs(seeds=(5, 6), training={"lr": 3e-3})
+    events = list(train_runs(runs))
+    ends = [e for e in events if e["kind"] != "metrics"]
+    assert sorted(e["run_key"] for e in ends) == sorted(c.run_key for c in runs)
+    assert all(e["kind"] == "summary" for e in ends)
