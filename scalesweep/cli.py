@@ -18,6 +18,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from scalesweep.errors import UserError
@@ -49,7 +50,7 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except UserError as error:
-            err.print(f"[bold red]error:[/bold red] {error}", highlight=False, markup=True, soft_wrap=True)
+            err.print(f"[bold red]error:[/bold red] {escape(str(error))}", highlight=False, markup=True, soft_wrap=True)
             raise typer.Exit(error.exit_code) from None
 
     return wrapper
@@ -86,7 +87,7 @@ def plan_command(spec: SpecArg, as_json: Annotated[bool, typer.Option("--json", 
     for column in ["run_key", "model_size", "data_size", "seed", *runs[0].grid]:
         table.add_column(column)
     for run in runs:
-        table.add_row(run.run_key, *(str(v) for v in run.axes_row().values()))
+        table.add_row(run.run_key, *(escape(str(v)) for v in run.axes_row().values()))
     out.print(table)
 
 
@@ -119,7 +120,7 @@ def run(
         f"{outcome.skipped} already done (of {outcome.planned})"
     )
     for label, error in outcome.failures[:20]:
-        out.print(f"  [red]FAILED[/red] {label}: {error}", highlight=False)
+        out.print(f"  [red]FAILED[/red] {escape(label)}: {escape(error)}", highlight=False)
     if not outcome.ok:
         raise typer.Exit(1)
 
@@ -150,7 +151,7 @@ def status(spec: SpecArg, tracking_uri: TrackingOpt = None) -> None:
     for column in ["state", "run_key", "label", "run_id"]:
         table.add_column(column)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(escape(str(cell)) for cell in row))
     out.print(table)
 
 
@@ -257,11 +258,7 @@ def _print_verdicts(verdicts) -> None:
     for _, row in verdicts.iterrows():
         conf = row["confidence"]
         table.add_row(
-            str(row["phenomenon"]),
-            str(row["axis"]),
-            str(row["slice"]),
-            str(row["verdict"]),
-            str(row["detail"]),
+            *(escape(str(row[c])) for c in ["phenomenon", "axis", "slice", "verdict", "detail"]),
             "" if conf != conf else f"{conf:.2f}",
         )
     out.print(table)
