@@ -119,6 +119,11 @@ def run(
         f"{loaded.name}: {outcome.finished} finished, {outcome.failed} failed, "
         f"{outcome.skipped} already done (of {outcome.planned})"
     )
+    if outcome.train_seconds:
+        out.print(
+            f"tracking: {outcome.tracking_seconds:.1f} s of MLflow writes for {outcome.train_seconds:.1f} s "
+            f"of training ({100 * outcome.tracking_share:.1f}%)"
+        )
     for label, error in outcome.failures[:20]:
         out.print(f"  [red]FAILED[/red] {escape(label)}: {escape(error)}", highlight=False)
     if not outcome.ok:

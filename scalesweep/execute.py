@@ -10,20 +10,20 @@ moment and started again ends with exactly one finished run per grid point.
 
 from __future__ import annotations
 
-import os
+import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import ray
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from scalesweep import track
-from scalesweep.errors import UserError
+from scalesweep import cluster, track
+from scalesweep.curves import curves_figure
 from scalesweep.plan import RunConfig, group_by_ensemble, plan
 from scalesweep.spec import SweepSpec
 
@@ -35,10 +35,17 @@ class SweepOutcome:
     finished: int = 0
     failed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    train_seconds: float = 0.0  # summed over the finished runs
+    tracking_seconds: float = 0.0  # spent by the driver in MLflow writes
 
     @property
     def ok(self) -> bool:
         return self.failed == 0
+
+    @property
+    def tracking_share(self) -> float:
+        """Tracking time as a share of training time: the overhead the issue caps at 5%."""
+        return self.tracking_seconds / self.train_seconds if self.train_seconds else float("nan")
 
 
 @dataclass
@@ -48,6 +55,8 @@ class RunState:
     config: RunConfig
     run_id: str | None = None
     done: bool = False
+    draw: bool = True  # keep the rows for the run's curves figure
+    rows: list[dict[str, float]] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- the Ray task
@@ -63,39 +72,6 @@ def _train_task(configs: list[dict[str, Any]], gpus_per_run: float) -> Iterator[
     yield from train_runs(runs, gpus_per_run)
 
 
-# ---------------------------------------------------------------- Ray connection
-
-
-def connect_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Start a local Ray instance, or join the cluster at `address` / RAY_ADDRESS."""
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    options: dict[str, Any] = {"log_to_driver": False, "logging_level": "ERROR", "configure_logging": True}
-    if address:
-        package = Path(__file__).resolve().parent
-        options["runtime_env"] = {"py_modules": [str(package)]} if _is_remote(address) else None
-        try:
-            ray.init(address=address, **{k: v for k, v in options.items() if v is not None})
-        except Exception as err:  # Ray raises several types for an unreachable head
-            raise UserError(
-                f"cannot reach the Ray cluster at {address} ({type(err).__name__}: {_first_line(err)}). "
-                f"Start one with `ray start --head`, give its GCS address (host:6379) with --address, "
-                f"or leave out --address and RAY_ADDRESS to run on a local Ray instance."
-            ) from None
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **options)
-
-
-def _is_remote(address: str) -> bool:
-    return address.startswith("ray://")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:300] if text else ""
-
-
 # ---------------------------------------------------------------- the sweep
 
 
@@ -108,19 +84,36 @@ def run_sweep(
     rerun_failed: bool = False,
     console: Console | None = None,
 ) -> SweepOutcome:
-    """Run every run of `spec` that MLflow does not already hold as finished."""
+    """Run every run of `spec` that MLflow does not already hold as finished.
+
+    Both services are checked before anything is written: the tracking store
+    by `client_for`, the Ray address by a TCP probe (ray.init itself would
+    retry a dead address for minutes)."""
     console = console or Console(stderr=True)
     configs = plan(spec)
-    tracker = track.Tracker(track.client_for(tracking_uri or spec.tracking.uri), spec.name, spec.experiment_name)
+    address = cluster.resolve_address(address)
+    client = track.client_for(tracking_uri or spec.tracking.uri)
+    if address:
+        cluster.check_reachable(address)
+    notify = lambda message: console.print(f"[yellow]{escape(message)}[/yellow]")  # noqa: E731
+    tracker = track.Tracker(client, spec.name, spec.experiment_name, notify=notify)
     todo = select_runs(tracker, configs, force=force, rerun_failed=rerun_failed)
     outcome = SweepOutcome(planned=len(configs), skipped=len(configs) - len(todo))
     tracker.log_spec(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), len(configs))
     if not todo:
-        console.print(f"[green]all {len(configs)} runs of {spec.name} already finished[/green]")
+        console.print(f"[green]all {len(configs)} runs of {escape(spec.name)} already finished[/green]")
         return outcome
-    connect_ray(address)
-    console.print(f"{spec.name}: {len(todo)} runs to do, {outcome.skipped} already done")
-    _drive(spec, todo, tracker, outcome, console)
+    cluster.connect(address)
+    cluster.check_fits({spec.resources.for_model_size(c.model_size) for c in todo})
+    console.print(f"{escape(spec.name)}: {len(todo)} runs to do, {outcome.skipped} already done")
+    tracker.sweep_started()
+    try:
+        _drive(spec, todo, tracker, outcome, console)
+    except KeyboardInterrupt:
+        tracker.sweep_ended("KILLED", outcome.train_seconds)
+        raise
+    outcome.tracking_seconds = tracker.seconds
+    tracker.sweep_ended("FINISHED" if outcome.ok else "FAILED", outcome.train_seconds)
     return outcome
 
 
@@ -145,24 +138,19 @@ def select_runs(
 def _drive(
     spec: SweepSpec, todo: list[RunConfig], tracker: track.Tracker, outcome: SweepOutcome, console: Console
 ) -> None:
-    res = spec.resources
-    remote = ray.remote(_train_task).options(
-        num_returns="streaming", num_cpus=res.cpus_per_run, num_gpus=res.gpus_per_run, max_retries=0
-    )
     groups = group_by_ensemble(todo)
-    cap = res.max_concurrent or len(groups)
-    states = {c.run_key: RunState(c) for c in todo}
+    cap = spec.resources.max_concurrent or len(groups)
+    states = {c.run_key: RunState(c, draw=spec.tracking.curves_figure) for c in todo}
     attempts: dict[int, int] = {}
     queue = list(enumerate(groups))
     in_flight: dict[Any, tuple[int, list[RunConfig]]] = {}
     with _progress(console) as progress:
-        bar = progress.add_task(spec.name, total=len(todo), status="")
+        bar = progress.add_task(escape(spec.name), total=len(todo), status="")
         try:
             while queue or in_flight:
                 while queue and len(in_flight) < cap:
                     index, group = queue.pop(0)
-                    payload = [c.model_dump(mode="json") for c in group]
-                    in_flight[remote.remote(payload, res.gpus_per_run)] = (index, group)
+                    in_flight[_submit(spec, group)] = (index, group)
                 ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
                 for generator in ready:
                     index, group = in_flight.pop(generator)
@@ -173,9 +161,26 @@ def _drive(
                         _retry_or_fail(index, group, crash, states, attempts, spec.max_retries, queue, tracker, outcome)
                 running = sum(1 for s in states.values() if s.run_id and not s.done)
                 progress.update(bar, completed=outcome.finished + outcome.failed, status=_status(outcome, running))
+        except track.TrackingLost:
+            _cancel(in_flight)  # cannot write: leave the runs RUNNING; the next `run` marks them KILLED
+            raise
         except KeyboardInterrupt:
+            _cancel(in_flight)
             _abandon_running(states, tracker, "the sweep was interrupted (Ctrl-C)")
             raise
+
+
+def _submit(spec: SweepSpec, group: list[RunConfig]) -> Any:
+    """One streaming Ray task for a seed ensemble, with the resources its width asks for."""
+    cpus, gpus = spec.resources.for_model_size(group[0].model_size)
+    task = ray.remote(_train_task).options(num_returns="streaming", num_cpus=cpus, num_gpus=gpus, max_retries=0)
+    return task.remote([c.model_dump(mode="json") for c in group], gpus)
+
+
+def _cancel(in_flight: dict[Any, Any]) -> None:
+    for generator in in_flight:
+        with contextlib.suppress(Exception):  # already finished, or a Ray without generator cancellation
+            ray.cancel(generator, force=True)
 
 
 def _pump(
@@ -207,10 +212,15 @@ def _record(event: dict[str, Any], states: dict[str, RunState], tracker: track.T
         state.run_id = tracker.start_child(state.config)
     elif kind == "metrics":
         tracker.log_rows(state.run_id, event["rows"], now)
+        if state.draw:
+            state.rows.extend(event["rows"])
     elif kind == "summary":
-        tracker.finish(state.run_id, event["summary"], state.config.training.steps, now)
-        state.done = True
+        figure = curves_figure(state.rows, state.config.label) if state.rows else None
+        tracker.finish(state.run_id, event["summary"], state.config.training.steps, now, figure=figure)
+        state.done, state.rows = True, []
         outcome.finished += 1
+        summary = event["summary"]  # an ensemble's seeds share one training time
+        outcome.train_seconds += summary.get("train_seconds", 0.0) / summary.get("ensemble_size", 1.0)
     elif kind == "failed":
         tracker.fail(state.run_id, event["error"], event["traceback"])
         state.done = True
@@ -222,7 +232,7 @@ def _retry_or_fail(index, group, crash, states, attempts, max_retries, queue, tr
     """A worker process died: end its unfinished runs' records, then retry or fail them."""
     unfinished = [c for c in group if not states[c.run_key].done]
     attempts[index] = attempts.get(index, 0) + 1
-    message = f"worker died: {type(crash).__name__}: {_first_line(crash)}"
+    message = f"worker died: {type(crash).__name__}: {cluster.first_line(crash)}"
     retry = attempts[index] <= max_retries
     for config in unfinished:
         state = states[config.run_key]

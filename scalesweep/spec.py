@@ -104,15 +104,36 @@ class PhenomenonRef(StrictModel):
     params: dict[str, float] = Field(default_factory=dict)
 
 
+class ResourceRule(StrictModel):
+    """Runs with model_size >= min_model_size get these resources instead of the defaults."""
+
+    min_model_size: int = Field(ge=1)
+    cpus_per_run: float | None = Field(default=None, gt=0, le=1024)
+    gpus_per_run: float | None = Field(default=None, ge=0, le=64)
+
+
 class ResourcesSpec(StrictModel):
+    """What one Ray task (one seed ensemble) asks for; fractional GPUs pack small runs on one card."""
+
     cpus_per_run: float = Field(default=1.0, gt=0, le=1024)
     gpus_per_run: float = Field(default=0.0, ge=0, le=64)
     max_concurrent: int | None = Field(default=None, ge=1)
+    larger: list[ResourceRule] = Field(default_factory=list)
+
+    def for_model_size(self, model_size: int) -> tuple[float, float]:
+        """(cpus, gpus) for a run of this width: the last matching rule by threshold wins."""
+        cpus, gpus = self.cpus_per_run, self.gpus_per_run
+        for rule in sorted(self.larger, key=lambda r: r.min_model_size):
+            if model_size >= rule.min_model_size:
+                cpus = rule.cpus_per_run if rule.cpus_per_run is not None else cpus
+                gpus = rule.gpus_per_run if rule.gpus_per_run is not None else gpus
+        return cpus, gpus
 
 
 class TrackingSpec(StrictModel):
     uri: str | None = None
     experiment: str | None = None
+    curves_figure: bool = True  # a curves.png per child run (about 0.1 s of the driver's time per run)
 
 
 # Cheap enough to run on every sweep; each is NaN where the model lacks what it reads

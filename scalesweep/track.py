@@ -18,11 +18,14 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import sys
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
@@ -34,6 +37,21 @@ from scalesweep.plan import RunConfig
 DEFAULT_URI = "sqlite:///mlflow.db"
 TAG = "scalesweep"
 MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
+RETRY_SECONDS = 5.0
+T = TypeVar("T")
+
+
+class TrackingLost(UserError):
+    """The tracking store stayed unreachable longer than the sweep's patience."""
+
+
+def tracking_patience() -> float:
+    """Seconds a sweep waits for an unreachable tracking store (SCALESWEEP_TRACKING_PATIENCE)."""
+    raw = os.environ.get("SCALESWEEP_TRACKING_PATIENCE", "300")
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        raise UserError(f"SCALESWEEP_TRACKING_PATIENCE={raw!r} is not a number of seconds (e.g. 300).") from None
 
 
 def resolve_uri(uri: str | None = None) -> str:
@@ -47,6 +65,15 @@ def check_store(uri: str) -> None:
         _check_server(uri)
     elif uri.startswith("sqlite:///"):
         _check_sqlite(Path(uri.removeprefix("sqlite:///")))
+
+
+def server_answers(uri: str, timeout: float = 5.0) -> bool:
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            response.read()
+        return True
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
 
 
 def _check_server(uri: str) -> None:
@@ -80,6 +107,10 @@ def client_for(uri: str | None = None) -> MlflowClient:
     uri = resolve_uri(uri)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no alembic chatter on a new store
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # MLflow's own HTTP retries back off for minutes per call, silently; the Tracker
+    # retries with a message instead (see TrackingLost), so keep MLflow's short.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     check_store(uri)
     mlflow.set_tracking_uri(uri)
     return MlflowClient(tracking_uri=uri)
@@ -95,11 +126,47 @@ class ChildRun:
 class Tracker:
     """The sweep's writer: parent run, child runs, batched metrics."""
 
-    def __init__(self, client: MlflowClient, sweep: str, experiment: str):
+    def __init__(self, client: MlflowClient, sweep: str, experiment: str, notify: Callable[[str], None] | None = None):
         self.client = client
         self.sweep = sweep
-        self.experiment_id = ensure_experiment(client, experiment)
-        self.parent_id = self._ensure_parent()
+        self.notify = notify or (lambda message: print(message, file=sys.stderr))
+        self.patience = tracking_patience()
+        self.seconds = 0.0  # time spent in MLflow writes: the tracking overhead
+        self.experiment_id = self._call(ensure_experiment, client, experiment)
+        self.parent_id = self._call(self._ensure_parent)
+
+    def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Call MLflow, waiting out an unreachable store for `patience` seconds."""
+        started, deadline = time.perf_counter(), None
+        while True:
+            try:
+                result = fn(*args, **kwargs)
+                self.seconds += time.perf_counter() - started
+                return result
+            except Exception as err:
+                if not self._transient(err):
+                    raise
+                now = time.monotonic()
+                deadline = deadline or now + self.patience
+                if now >= deadline:
+                    raise TrackingLost(
+                        f"the MLflow tracking store {self.client.tracking_uri} stayed unreachable for "
+                        f"{self.patience:g} s ({_first_line(err)}), so the sweep stopped. Finished runs are "
+                        f"recorded; bring the store back and run the same command again: finished runs are "
+                        f"skipped and the interrupted ones run again (SCALESWEEP_TRACKING_PATIENCE sets the wait)."
+                    ) from None
+                self.notify(
+                    f"MLflow at {self.client.tracking_uri} is unreachable ({_first_line(err)}); "
+                    f"retrying for {deadline - now:.0f} s more"
+                )
+                time.sleep(min(RETRY_SECONDS, max(0.1, deadline - now)))
+
+    def _transient(self, err: Exception) -> bool:
+        """A lost server or a locked sqlite file is worth waiting for; anything else is a bug to show."""
+        uri = self.client.tracking_uri
+        if "database is locked" in str(err):
+            return True
+        return uri.startswith(("http://", "https://")) and not server_answers(uri, timeout=2.0)
 
     def _ensure_parent(self) -> str:
         found = self.client.search_runs(
@@ -115,15 +182,24 @@ class Tracker:
         return run.info.run_id
 
     def log_spec(self, spec_yaml: str, n_runs: int) -> None:
-        self.client.log_text(self.parent_id, spec_yaml, "spec.yaml")
-        self.client.set_tag(self.parent_id, f"{TAG}.n_runs", str(n_runs))
+        self._call(self.client.log_text, self.parent_id, spec_yaml, "spec.yaml")
+        self._call(self.client.set_tag, self.parent_id, f"{TAG}.n_runs", str(n_runs))
+
+    def sweep_started(self) -> None:
+        """Show the parent run as RUNNING while a driver works on the sweep."""
+        self._call(self.client.update_run, self.parent_id, status="RUNNING")
+
+    def sweep_ended(self, status: str, train_seconds: float) -> None:
+        """End the parent run; record how much the tracking cost."""
+        tags = [RunTag(f"{TAG}.tracking_seconds", f"{self.seconds:.2f}")]
+        tags.append(RunTag(f"{TAG}.train_seconds", f"{train_seconds:.2f}"))
+        self._call(self.client.log_batch, self.parent_id, tags=tags)
+        self._call(self.client.set_terminated, self.parent_id, status)
 
     def child_runs(self) -> list[ChildRun]:
         """Every child run of this sweep, paginated (a sweep may hold many thousands)."""
-        return [
-            ChildRun(r.info.run_id, r.data.tags.get(f"{TAG}.run_key", ""), r.info.status)
-            for r in search_all(self.client, self.experiment_id, child_query(self.sweep))
-        ]
+        runs = self._call(search_all, self.client, self.experiment_id, child_query(self.sweep))
+        return [ChildRun(r.info.run_id, r.data.tags.get(f"{TAG}.run_key", ""), r.info.status) for r in runs]
 
     def start_child(self, config: RunConfig) -> str:
         tags = {
@@ -134,9 +210,9 @@ class Tracker:
             f"{TAG}.ensemble_key": config.ensemble_key,
         }
         tags.update({f"{TAG}.{k}": str(v) for k, v in config.axes_row().items()})
-        run = self.client.create_run(self.experiment_id, run_name=config.label, tags=tags)
+        run = self._call(self.client.create_run, self.experiment_id, run_name=config.label, tags=tags)
         params = [Param(k, _short_value(v)) for k, v in flat_params(config).items()]
-        self.client.log_batch(run.info.run_id, params=params)
+        self._call(self.client.log_batch, run.info.run_id, params=params)
         return run.info.run_id
 
     def log_rows(self, run_id: str, rows: list[dict[str, float]], timestamp_ms: int) -> None:
@@ -146,24 +222,31 @@ class Tracker:
             for name, value in row.items()
             if name != "step"
         ]
-        for start in range(0, len(metrics), MAX_BATCH):
-            self.client.log_batch(run_id, metrics=metrics[start : start + MAX_BATCH])
+        self._log_metrics(run_id, metrics)
 
-    def finish(self, run_id: str, summary: dict[str, float], final_step: int, timestamp_ms: int) -> None:
-        metrics = [Metric(k, float(v), timestamp_ms, final_step) for k, v in summary.items()]
+    def _log_metrics(self, run_id: str, metrics: list[Metric]) -> None:
         for start in range(0, len(metrics), MAX_BATCH):
-            self.client.log_batch(run_id, metrics=metrics[start : start + MAX_BATCH])
-        self.client.set_terminated(run_id, "FINISHED")
+            self._call(self.client.log_batch, run_id, metrics=metrics[start : start + MAX_BATCH])
+
+    def finish(
+        self, run_id: str, summary: dict[str, float], final_step: int, timestamp_ms: int, figure: Any = None
+    ) -> None:
+        """Record the summaries (and the curves figure), then mark the run FINISHED: last, so
+        that a driver killed in between leaves the run RUNNING and it is run again."""
+        self._log_metrics(run_id, [Metric(k, float(v), timestamp_ms, final_step) for k, v in summary.items()])
+        if figure is not None:
+            self._call(self.client.log_figure, run_id, figure, "curves.png")
+        self._call(self.client.set_terminated, run_id, "FINISHED")
 
     def fail(self, run_id: str, error: str, traceback_text: str) -> None:
-        self.client.log_batch(run_id, tags=[RunTag(f"{TAG}.error", error[:4000])])
-        self.client.log_text(run_id, traceback_text, "traceback.txt")
-        self.client.set_terminated(run_id, "FAILED")
+        self._call(self.client.log_batch, run_id, tags=[RunTag(f"{TAG}.error", error[:4000])])
+        self._call(self.client.log_text, run_id, traceback_text, "traceback.txt")
+        self._call(self.client.set_terminated, run_id, "FAILED")
 
     def abandon(self, run_id: str, reason: str) -> None:
         """End a run that will not finish (driver gone, retried elsewhere)."""
-        self.client.set_tag(run_id, f"{TAG}.abandoned", reason[:500])
-        self.client.set_terminated(run_id, "KILLED")
+        self._call(self.client.set_tag, run_id, f"{TAG}.abandoned", reason[:500])
+        self._call(self.client.set_terminated, run_id, "KILLED")
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
@@ -202,6 +285,11 @@ def flat_params(config: RunConfig) -> dict[str, Any]:
     params.update(config.training.model_dump(exclude_none=True))
     params.update({"model_size": config.model_size, "data_size": config.data_size, "seed": config.seed})
     return params
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__
 
 
 def _short_value(value: Any) -> str:

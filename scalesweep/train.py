@@ -43,7 +43,7 @@ from scalesweep.zoo.base import loss_fn_for
 __all__ = ["build", "loss_fn_for", "n_params", "pick_device", "train_one", "train_runs", "train_to_result"]
 
 Event = dict[str, Any]
-FLUSH_SECONDS = 1.0
+FLUSH_SECONDS = 2.0  # live curves every ~2 s; each flush is one MLflow write on the driver
 
 
 class InjectedFailure(RuntimeError):

@@ -1,0 +1,91 @@
+"""Ray: start a local instance or join a cluster, and check the sweep fits on it.
+
+Two checks happen before any run is recorded, because Ray itself is slow to
+say no: `ray.init` on an address where nothing listens retries for minutes,
+and a task asking for a GPU the cluster lacks waits forever. A TCP probe of
+the address answers in seconds; comparing each run's request with the alive
+nodes' resources turns the silent wait into a clear error.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from scalesweep.errors import UserError
+
+PROBE_SECONDS = 5.0
+
+
+def resolve_address(address: str | None) -> str | None:
+    """--address, else RAY_ADDRESS, else None (a local instance)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+def check_reachable(address: str) -> None:
+    """Fail in seconds, in one paragraph, when nothing listens at a Ray address."""
+    if address == "auto":  # Ray finds the cluster this machine belongs to
+        return
+    host, port = _host_port(address)
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_SECONDS):
+            return
+    except OSError as err:
+        raise UserError(
+            f"cannot reach the Ray cluster at {address} ({err.strerror or err}). Start one with "
+            f"`ray start --head`, give its GCS address (host:6379, or ray://host:10001 for Ray Client) "
+            f"with --address or RAY_ADDRESS, or leave both out to run on a local Ray instance."
+        ) from None
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    bare = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = bare.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(
+            f'"{address}" is not a Ray address; give host:port (the GCS, e.g. 10.0.0.5:6379), '
+            f"ray://host:port (Ray Client) or auto."
+        )
+    return host.strip("[]"), int(port)
+
+
+def connect(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join the cluster at `address`, or start a local Ray instance when there is none."""
+    if ray.is_initialized():
+        return
+    options: dict[str, Any] = {"log_to_driver": False, "logging_level": "ERROR", "configure_logging": True}
+    if address is None:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, **options)
+        return
+    check_reachable(address)
+    # Workers on other machines may not have scalesweep installed: ship the package.
+    package = Path(__file__).resolve().parent
+    try:
+        ray.init(address=address, runtime_env={"py_modules": [str(package)]}, **options)
+    except Exception as err:  # Ray raises several types for a head it cannot join
+        raise UserError(
+            f"cannot join the Ray cluster at {address} ({type(err).__name__}: {first_line(err)}). "
+            f"Check that it is a Ray GCS address (host:6379) of a running cluster of the same Ray version."
+        ) from None
+
+
+def check_fits(requests: set[tuple[float, float]]) -> None:
+    """Refuse (cpus, gpus) requests that no alive node can ever satisfy."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    for cpus, gpus in sorted(requests):
+        if not any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes):
+            have = ", ".join(f"{n.get('CPU', 0):g} CPUs/{n.get('GPU', 0):g} GPUs" for n in nodes) or "no alive nodes"
+            raise UserError(
+                f"a run asks for {cpus:g} CPUs and {gpus:g} GPUs (resources in the spec), but no node of the "
+                f"Ray cluster has that much ({have}); lower resources.cpus_per_run / gpus_per_run (fractions "
+                f"pack several runs on one GPU) or use a cluster with more."
+            )
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:300] if text else ""
