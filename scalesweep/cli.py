@@ -248,7 +248,7 @@ def submit(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Submit the sweep to a Ray cluster as a Ray Job (working directory uploaded)."""
-    from scalesweep.study import submit_job
+    from scalesweep.jobs import submit_job
 
     _load(spec)
     job_id = submit_job(spec, address=address, tracking_uri=tracking_uri)

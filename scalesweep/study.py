@@ -6,7 +6,6 @@ and nothing more, so the CLI stays a list of thin commands.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -40,18 +39,21 @@ def report_sweep(
     ]
     grid = [path.split(".")[-1] for path in spec.grid]
     verdicts = classify_runs(runs, phenomena, axes=AXES, grid=grid, seed="seed")
+    tracker = track.Tracker(track.client_for(uri), spec.name, spec.experiment_name)
+    failed = all_runs[all_runs["status"] == "FAILED"]
     study = Study(
         title=f"scalesweep report: {spec.name}",
         axes=AXES,
         grid=grid,
         runs_finished=len(runs),
-        runs_failed=int((all_runs["status"] == "FAILED").sum()),
+        runs_failed=len(failed),
         notes=[spec.description] if spec.description else [],
         mlflow_url=uri if uri and uri.startswith("http") else None,
+        experiment_id=tracker.experiment_id,
+        failed_runs=list(zip(failed["run_name"].astype(str), failed["run_id"].astype(str), strict=True)),
     )
     out_dir = out_dir or Path("reports") / _slug(spec.name)
     path = write_report(out_dir, study, runs, phenomena, verdicts)
-    tracker = track.Tracker(track.client_for(uri), spec.name, spec.experiment_name)
     tracker.client.log_artifacts(tracker.parent_id, str(out_dir), artifact_path="report")
     return path, verdicts
 
@@ -131,25 +133,6 @@ def _ad_hoc_phenomenon(
         direction=direction,
         presence=presence,
         min_effect=max(min_effect, 0.0),
-    )
-
-
-def submit_job(spec_path: Path, *, address: str, tracking_uri: str | None) -> str:
-    """Submit `scalesweep run SPEC` as a Ray Job; the working directory is uploaded."""
-    from ray.job_submission import JobSubmissionClient
-
-    try:
-        client = JobSubmissionClient(address)
-    except Exception as err:  # unreachable dashboard: ConnectionError, ValueError...
-        raise UserError(
-            f"cannot reach the Ray Jobs API at {address} ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
-            f"Give the dashboard address of a running cluster, e.g. http://HEAD:8265 (`ray start --head` starts one)."
-        ) from None
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    entrypoint = f"scalesweep run {spec_path.as_posix()}" + (f" --tracking-uri {uri}" if uri else "")
-    return client.submit_job(
-        entrypoint=entrypoint,
-        runtime_env={"working_dir": ".", "excludes": [".git", "mlflow.db", "mlartifacts", "reports", "*.pyc"]},
     )
 
 
