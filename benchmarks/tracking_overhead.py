@@ -58,7 +58,7 @@ def one_sweep(spec_path: Path, variant: str) -> tuple[float, float, float]:
     with tempfile.TemporaryDirectory() as workdir:
         cwd = os.getcwd()
         os.chdir(workdir)
-        track.ensure_experiment(track.client_for(), "warm-up")
+        track.ensure_experiment(track.client_for(), "warm-up")  # a fresh store, created before timing
         track.Tracker = UntrackedTracker if variant == "untracked" else original
         try:
             started = time.perf_counter()

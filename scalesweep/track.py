@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
@@ -56,7 +55,12 @@ def tracking_patience() -> float:
 
 def resolve_uri(uri: str | None = None) -> str:
     """--tracking-uri, else MLFLOW_TRACKING_URI, else the sqlite file in the working dir."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # Absolute: MLflow caches one store per URI string, so a relative path would
+        # keep pointing at the first working directory of a long-lived process.
+        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    return uri
 
 
 def check_store(uri: str) -> None:
@@ -112,8 +116,9 @@ def client_for(uri: str | None = None) -> MlflowClient:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     check_store(uri)
-    mlflow.set_tracking_uri(uri)
-    return MlflowClient(tracking_uri=uri)
+    # Not mlflow.set_tracking_uri: it exports MLFLOW_TRACKING_URI, which would pin every
+    # later default store of this process (and its children) to this one.
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 @dataclass
