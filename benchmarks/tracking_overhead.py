@@ -33,7 +33,8 @@ class UntrackedTracker(track.Tracker):
     """Records nothing: every MLflow call is skipped; run ids are made up."""
 
     def __init__(self, client, sweep, experiment, notify=None):
-        self.client, self.sweep, self.seconds, self.parent_id = client, sweep, 0.0, "parent"
+        self.client, self.sweep, self.parent_id = client, sweep, "parent"
+        self.seconds = self.figure_seconds = 0.0
         self.ids = itertools.count()
 
     def _call(self, fn, *args, **kwargs):

@@ -66,19 +66,23 @@ def _load(spec_path: Path):
 @user_errors
 def validate(spec: SpecArg) -> None:
     """Check a spec; exit 0 when it is good, 2 with one clear paragraph when not."""
-    from scalesweep.plan import plan
-
     loaded = _load(spec)
-    out.print(f"[green]ok[/green] {spec}: sweep {loaded.name!r}, {len(plan(loaded))} runs", highlight=False)
+    out.print(f"[green]ok[/green] {spec}: sweep {escape(repr(loaded.name))}, {loaded.n_runs} runs", highlight=False)
 
 
 @app.command("plan")
 @user_errors
-def plan_command(spec: SpecArg, as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+def plan_command(
+    spec: SpecArg,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="list a sweep of more than 10,000 runs")] = False,
+) -> None:
     """Expand the grid into runs, each with its run key."""
     from scalesweep.plan import plan
 
-    runs = plan(_load(spec))
+    loaded = _load(spec)
+    _confirm_size(spec, loaded.n_runs, yes, "list")
+    runs = plan(loaded)
     if as_json:
         rows = [{"run_key": r.run_key, "label": r.label, **r.axes_row(), "config": r.content()} for r in runs]
         print(json.dumps(rows, indent=1))
@@ -103,15 +107,9 @@ def run(
 ) -> None:
     """Run the sweep's missing runs on Ray, recording each to MLflow."""
     from scalesweep.execute import run_sweep
-    from scalesweep.plan import plan
-    from scalesweep.spec import MAX_RUNS_WITHOUT_CONFIRM
 
     loaded = _load(spec)
-    n_runs = len(plan(loaded))
-    if n_runs > MAX_RUNS_WITHOUT_CONFIRM and not yes:
-        raise UserError(
-            f"{spec}: the sweep has {n_runs:,} runs (more than {MAX_RUNS_WITHOUT_CONFIRM:,}); pass --yes to run it."
-        )
+    _confirm_size(spec, loaded.n_runs, yes, "run")
     outcome = run_sweep(
         loaded, address=address, tracking_uri=tracking_uri, force=force, rerun_failed=rerun_failed, console=err
     )
@@ -120,14 +118,27 @@ def run(
         f"{outcome.skipped} already done (of {outcome.planned})"
     )
     if outcome.train_seconds:
+        writes = outcome.tracking_seconds - outcome.figure_seconds
         out.print(
-            f"tracking: {outcome.tracking_seconds:.1f} s of MLflow writes for {outcome.train_seconds:.1f} s "
-            f"of training ({100 * outcome.tracking_share:.1f}%)"
+            f"tracking: {writes:.1f} s of MLflow writes ({100 * outcome.share(writes):.1f}% of "
+            f"{outcome.train_seconds:.1f} s of training) + {outcome.figure_seconds:.1f} s for the runs' "
+            f"curves.png ({100 * outcome.share(outcome.figure_seconds):.1f}%)",
+            highlight=False,
         )
     for label, error in outcome.failures[:20]:
         out.print(f"  [red]FAILED[/red] {escape(label)}: {escape(error)}", highlight=False)
     if not outcome.ok:
         raise typer.Exit(1)
+
+
+def _confirm_size(spec: Path, n_runs: int, yes: bool, verb: str) -> None:
+    """Refuse a sweep of more than MAX_RUNS_WITHOUT_CONFIRM runs unless --yes (counted, not expanded)."""
+    from scalesweep.spec import MAX_RUNS_WITHOUT_CONFIRM
+
+    if n_runs > MAX_RUNS_WITHOUT_CONFIRM and not yes:
+        raise UserError(
+            f"{spec}: the sweep has {n_runs:,} runs (more than {MAX_RUNS_WITHOUT_CONFIRM:,}); pass --yes to {verb} it."
+        )
 
 
 @app.command()
@@ -234,10 +245,15 @@ def ui(
 
     uri = resolve_uri(tracking_uri)
     check_store(uri)
-    mlflow_bin = shutil.which("mlflow") or f"{sys.executable} -m mlflow"
-    command = [*mlflow_bin.split(), "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     out.print(f"MLflow UI on http://{host}:{port} (Ctrl-C to stop)", highlight=False)
-    raise typer.Exit(subprocess.call(command))
+    raise typer.Exit(subprocess.call(mlflow_ui_command(uri, host, port)))
+
+
+def mlflow_ui_command(uri: str, host: str, port: int) -> list[str]:
+    """The `mlflow ui` command line that `scalesweep ui` runs: always with an explicit --host."""
+    mlflow_bin = shutil.which("mlflow")
+    launcher = [mlflow_bin] if mlflow_bin else [sys.executable, "-m", "mlflow"]
+    return [*launcher, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
 
 
 @app.command()

@@ -27,6 +27,8 @@ from scalesweep.curves import curves_figure
 from scalesweep.plan import RunConfig, group_by_ensemble, plan
 from scalesweep.spec import SweepSpec
 
+LIVE_SECONDS = 5.0  # a running run's rows are written at most this often: the UI's curves lag by up to this
+
 
 @dataclass
 class SweepOutcome:
@@ -36,16 +38,16 @@ class SweepOutcome:
     failed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     train_seconds: float = 0.0  # summed over the finished runs
-    tracking_seconds: float = 0.0  # spent by the driver in MLflow writes
+    tracking_seconds: float = 0.0  # spent by the driver in MLflow calls
+    figure_seconds: float = 0.0  # of which storing the curves.png figures
 
     @property
     def ok(self) -> bool:
         return self.failed == 0
 
-    @property
-    def tracking_share(self) -> float:
-        """Tracking time as a share of training time: the overhead the issue caps at 5%."""
-        return self.tracking_seconds / self.train_seconds if self.train_seconds else float("nan")
+    def share(self, seconds: float) -> float:
+        """Seconds as a share of the runs' training time."""
+        return seconds / self.train_seconds if self.train_seconds else float("nan")
 
 
 @dataclass
@@ -57,6 +59,14 @@ class RunState:
     done: bool = False
     draw: bool = True  # keep the rows for the run's curves figure
     rows: list[dict[str, float]] = field(default_factory=list)
+    pending: list[dict[str, float]] = field(default_factory=list)  # received, not yet written
+    written_at: float = 0.0
+
+    def flush(self, tracker: track.Tracker) -> None:
+        """Write the rows received since the last write (live curves in the UI)."""
+        if self.pending and self.run_id:
+            tracker.log_rows(self.run_id, self.pending, int(time.time() * 1000))
+        self.pending, self.written_at = [], time.monotonic()
 
 
 # ---------------------------------------------------------------- the Ray task
@@ -112,7 +122,7 @@ def run_sweep(
     except KeyboardInterrupt:
         tracker.sweep_ended("KILLED", outcome.train_seconds)
         raise
-    outcome.tracking_seconds = tracker.seconds
+    outcome.tracking_seconds, outcome.figure_seconds = tracker.seconds, tracker.figure_seconds
     tracker.sweep_ended("FINISHED" if outcome.ok else "FAILED", outcome.train_seconds)
     return outcome
 
@@ -210,18 +220,23 @@ def _record(event: dict[str, Any], states: dict[str, RunState], tracker: track.T
     kind = event["kind"]
     if kind == "started":
         state.run_id = tracker.start_child(state.config)
+        state.written_at = time.monotonic()
     elif kind == "metrics":
-        tracker.log_rows(state.run_id, event["rows"], now)
+        state.pending.extend(event["rows"])
         if state.draw:
             state.rows.extend(event["rows"])
+        if time.monotonic() - state.written_at >= LIVE_SECONDS:
+            state.flush(tracker)
     elif kind == "summary":
         figure = curves_figure(state.rows, state.config.label) if state.rows else None
-        tracker.finish(state.run_id, event["summary"], state.config.training.steps, now, figure=figure)
-        state.done, state.rows = True, []
+        steps = state.config.training.steps
+        tracker.finish(state.run_id, event["summary"], steps, now, rows=state.pending, figure=figure)
+        state.done, state.rows, state.pending = True, [], []
         outcome.finished += 1
         summary = event["summary"]  # an ensemble's seeds share one training time
         outcome.train_seconds += summary.get("train_seconds", 0.0) / summary.get("ensemble_size", 1.0)
     elif kind == "failed":
+        state.flush(tracker)
         tracker.fail(state.run_id, event["error"], event["traceback"])
         state.done = True
         outcome.failed += 1
@@ -238,6 +253,8 @@ def _retry_or_fail(index, group, crash, states, attempts, max_retries, queue, tr
         state = states[config.run_key]
         if state.run_id is None:
             state.run_id = tracker.start_child(config)
+        state.flush(tracker)  # the dead attempt's curves stay on its record
+        state.rows = []
         if retry:
             tracker.abandon(state.run_id, f"{message}; retried (attempt {attempts[index] + 1})")
             state.run_id = None
@@ -253,6 +270,7 @@ def _retry_or_fail(index, group, crash, states, attempts, max_retries, queue, tr
 def _abandon_running(states: dict[str, RunState], tracker: track.Tracker, reason: str) -> None:
     for state in states.values():
         if state.run_id and not state.done:
+            state.flush(tracker)
             tracker.abandon(state.run_id, reason)
 
 

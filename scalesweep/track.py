@@ -136,7 +136,8 @@ class Tracker:
         self.sweep = sweep
         self.notify = notify or (lambda message: print(message, file=sys.stderr))
         self.patience = tracking_patience()
-        self.seconds = 0.0  # time spent in MLflow writes: the tracking overhead
+        self.seconds = 0.0  # time spent in MLflow calls: the tracking overhead
+        self.figure_seconds = 0.0  # of which drawing and storing curves.png
         self.experiment_id = self._call(ensure_experiment, client, experiment)
         self.parent_id = self._call(self._ensure_parent)
 
@@ -197,6 +198,7 @@ class Tracker:
     def sweep_ended(self, status: str, train_seconds: float) -> None:
         """End the parent run; record how much the tracking cost."""
         tags = [RunTag(f"{TAG}.tracking_seconds", f"{self.seconds:.2f}")]
+        tags.append(RunTag(f"{TAG}.figure_seconds", f"{self.figure_seconds:.2f}"))
         tags.append(RunTag(f"{TAG}.train_seconds", f"{train_seconds:.2f}"))
         self._call(self.client.log_batch, self.parent_id, tags=tags)
         self._call(self.client.set_terminated, self.parent_id, status)
@@ -221,26 +223,29 @@ class Tracker:
         return run.info.run_id
 
     def log_rows(self, run_id: str, rows: list[dict[str, float]], timestamp_ms: int) -> None:
-        metrics = [
-            Metric(name, float(value), timestamp_ms, int(row["step"]))
-            for row in rows
-            for name, value in row.items()
-            if name != "step"
-        ]
-        self._log_metrics(run_id, metrics)
+        self._log_metrics(run_id, _row_metrics(rows, timestamp_ms))
 
     def _log_metrics(self, run_id: str, metrics: list[Metric]) -> None:
         for start in range(0, len(metrics), MAX_BATCH):
             self._call(self.client.log_batch, run_id, metrics=metrics[start : start + MAX_BATCH])
 
     def finish(
-        self, run_id: str, summary: dict[str, float], final_step: int, timestamp_ms: int, figure: Any = None
+        self,
+        run_id: str,
+        summary: dict[str, float],
+        final_step: int,
+        timestamp_ms: int,
+        rows: list[dict[str, float]] = (),
+        figure: Any = None,
     ) -> None:
-        """Record the summaries (and the curves figure), then mark the run FINISHED: last, so
-        that a driver killed in between leaves the run RUNNING and it is run again."""
-        self._log_metrics(run_id, [Metric(k, float(v), timestamp_ms, final_step) for k, v in summary.items()])
+        """Record the last rows with the summaries (one write), the curves figure, then mark the
+        run FINISHED: last, so that a driver killed in between leaves it RUNNING to be run again."""
+        summary_metrics = [Metric(k, float(v), timestamp_ms, final_step) for k, v in summary.items()]
+        self._log_metrics(run_id, _row_metrics(rows, timestamp_ms) + summary_metrics)
         if figure is not None:
+            before = self.seconds
             self._call(self.client.log_figure, run_id, figure, "curves.png")
+            self.figure_seconds += self.seconds - before
         self._call(self.client.set_terminated, run_id, "FINISHED")
 
     def fail(self, run_id: str, error: str, traceback_text: str) -> None:
@@ -252,6 +257,15 @@ class Tracker:
         """End a run that will not finish (driver gone, retried elsewhere)."""
         self._call(self.client.set_tag, run_id, f"{TAG}.abandoned", reason[:500])
         self._call(self.client.set_terminated, run_id, "KILLED")
+
+
+def _row_metrics(rows: list[dict[str, float]], timestamp_ms: int) -> list[Metric]:
+    return [
+        Metric(name, float(value), timestamp_ms, int(row["step"]))
+        for row in rows
+        for name, value in row.items()
+        if name != "step"
+    ]
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
