@@ -12,14 +12,31 @@ import pandas as pd
 
 from scalesweep import track
 from scalesweep.analysis.classify import classify_runs
-from scalesweep.analysis.load import require_columns, runs_from_csv, runs_from_mlflow
+from scalesweep.analysis.commands import require_option_columns
+from scalesweep.analysis.load import runs_from_csv, runs_from_mlflow
 from scalesweep.analysis.phenomena import Phenomenon, load_phenomenon
 from scalesweep.analysis.report import Study, write_report
 from scalesweep.errors import UserError
 from scalesweep.plan import plan
 from scalesweep.spec import SweepSpec
 
-AXES = ["model_size", "data_size"]
+AXES = ["model_size", "data_size", "compute"]
+
+
+def study_axes(spec: SweepSpec) -> tuple[list[str], list[str]]:
+    """The axes and grid columns a sweep is classified along. An IsoFLOP design varies
+    model size within each budget (its data size follows), so budget slices like a grid value."""
+    grid = [path.split(".")[-1] for path in spec.grid]
+    if spec.design.kind == "isoflop":
+        return ["model_size", "compute"], [*grid, "budget"]
+    return AXES, grid
+
+
+def with_compute(runs: pd.DataFrame, spec: SweepSpec) -> pd.DataFrame:
+    """Add each run's compute (6 · n_params · examples seen, from its planned config)."""
+    by_key = {config.run_key: config.compute for config in plan(spec)}
+    keys = runs["run_key"] if "run_key" in runs.columns else pd.Series("", index=runs.index)
+    return runs.assign(compute=keys.map(by_key).astype(float))
 
 
 def report_sweep(
@@ -30,20 +47,20 @@ def report_sweep(
     all_runs = runs_from_mlflow(spec.name, spec.experiment_name, uri, finished_only=False)
     if all_runs.empty:
         raise UserError(f'sweep "{spec.name}" has no runs in MLflow yet; run `scalesweep run` on its spec first.')
-    runs = all_runs[all_runs["status"] == "FINISHED"].reset_index(drop=True)
+    runs = with_compute(all_runs[all_runs["status"] == "FINISHED"].reset_index(drop=True), spec)
     if runs.empty:
         raise UserError(f'sweep "{spec.name}" has no finished run yet; `scalesweep status SPEC` shows where it stands.')
     phenomena = [
         load_phenomenon(ref.name, overrides={"params": ref.params} if ref.params else None)
         for ref in spec.phenomenon_refs
     ]
-    grid = [path.split(".")[-1] for path in spec.grid]
-    verdicts = classify_runs(runs, phenomena, axes=AXES, grid=grid, seed="seed")
+    axes, grid = study_axes(spec)
+    verdicts = classify_runs(runs, phenomena, axes=axes, grid=grid, seed="seed")
     tracker = track.Tracker(track.client_for(uri), spec.name, spec.experiment_name)
     failed = all_runs[all_runs["status"] == "FAILED"]
     study = Study(
         title=f"scalesweep report: {spec.name}",
-        axes=AXES,
+        axes=axes,
         grid=grid,
         runs_finished=len(runs),
         runs_failed=len(failed),
@@ -93,10 +110,13 @@ def classify_table(
     presence: float | None,
     min_effect: float | None,
     out_dir: Path,
+    n_boot: int = 200,
 ) -> tuple[Path, pd.DataFrame]:
     """Classify one column of any CSV along one scale column; write the report."""
     runs = runs_from_csv(table)
-    require_columns(runs, [axis, value, *group] + ([seed] if seed else []), str(table))
+    require_option_columns(runs, table, axis=axis, value=value, seed=seed)
+    for column in group:
+        require_option_columns(runs, table, group=column)
     if direction not in ("higher", "lower"):
         raise UserError(f'--direction must be "higher" or "lower", got "{direction}".')
     runs = runs.dropna(subset=[axis, value])
@@ -106,7 +126,7 @@ def classify_table(
     if not value.isidentifier():  # expressions name columns by identifiers
         runs = runs.assign(value=runs[value])
     phenomenon = _ad_hoc_phenomenon(runs, value, direction, presence, min_effect)
-    verdicts = classify_runs(runs, [phenomenon], axes=[axis], grid=group, seed=seed)
+    verdicts = classify_runs(runs, [phenomenon], axes=[axis], grid=group, seed=seed, n_boot=n_boot)
     study = Study(
         title=f"scalesweep classify: {value} along {axis} ({table.name})",
         axes=[axis],

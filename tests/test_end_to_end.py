@@ -55,6 +55,8 @@ def test_tiny_sweep_run_record_report_and_resume(workdir):
     assert set(verdicts["verdict"]) <= set(VERDICTS)
     assert set(verdicts["phenomenon"]) == {"grokking", "generalization_gap"}
     assert set(verdicts["axis"]) == {"model_size", "data_size"}
-    assert (workdir / "reports" / "tiny" / "report.html").stat().st_size > 10_000
+    page = (workdir / "reports" / "tiny" / "report.html").read_text(encoding="utf-8")
+    assert page.count("data-kind='strength'") == 4 and page.count("data-kind='phases'") == 1  # grokking has regimes
+    assert all(r.info.run_id in page for r in children)  # the runs behind each point
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
-    assert {"report/report.html", "report/verdicts.csv"} <= artifacts
+    assert {"report/report.html", "report/verdicts.csv", "report/figures"} <= artifacts

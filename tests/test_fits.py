@@ -49,7 +49,8 @@ def test_too_few_points():
 
 
 def test_commands_give_clear_errors(tmp_path):
-    from scalesweep.analysis.commands import classify_command, fit_command
+    from scalesweep.analysis.commands import fit_command
+    from scalesweep.study import classify_table
 
     table = tmp_path / "t.csv"
     table.write_text("size,loss\n1,3\n10,2\n100,1.5\n1000,1.2\n")
@@ -60,6 +61,16 @@ def test_commands_give_clear_errors(tmp_path):
     with pytest.raises(UserError, match="unknown law"):
         fit_command(table, "powr", "loss", x="size")
     with pytest.raises(UserError, match="columns are: size, loss"):
-        classify_command(table, "sise", "loss", [], None, "higher", None, None, tmp_path)
+        classify_table(
+            table,
+            axis="sise",
+            value="loss",
+            group=[],
+            seed=None,
+            direction="higher",
+            presence=None,
+            min_effect=None,
+            out_dir=tmp_path,
+        )
     out = fit_command(table, "power", "loss", x="size", n_boot=10)
     assert set(out) == {"E", "A", "alpha"} and set(out["E"]) == {"value", "ci_low", "ci_high"}

@@ -19,8 +19,9 @@ import pytest
 
 from scalesweep.analysis import fits
 from scalesweep.analysis.classify import classify_runs, log_bins
-from scalesweep.analysis.commands import classify_command, fit_command
+from scalesweep.analysis.commands import fit_command
 from scalesweep.analysis.phenomena import Phenomenon, load_phenomenon
+from scalesweep.study import classify_table
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CHIN = DATA / "chinchilla_hoffmann2022_fig4_epoch_extracted.csv"
@@ -125,6 +126,16 @@ def test_ipa_exact_match_and_bleu_disagree_within_families(open_models):
 
 
 def test_classify_command_on_a_published_table(tmp_path):
-    v = classify_command(CHIN, "N_params", "loss", [], None, "higher", None, None, tmp_path)
+    _, v = classify_table(
+        CHIN,
+        axis="N_params",
+        value="loss",
+        group=[],
+        seed=None,
+        direction="higher",
+        presence=None,
+        min_effect=None,
+        out_dir=tmp_path,
+    )
     assert (tmp_path / "verdicts.csv").is_file()
     assert v.columns[0] == "phenomenon" and len(v) == 1

@@ -500,11 +500,18 @@ def benjamini_hochberg(p: Sequence[float]) -> np.ndarray:
 _DROP_STATUS = {"FAILED", "KILLED", "RUNNING", "SCHEDULED"}
 
 
-def _slice_columns(runs: pd.DataFrame, axis: str, axes, grid) -> list[str]:
-    """Other axes and grid columns, minus mere relabellings of `axis` (n_params)."""
+# Axes computed from other columns (compute ≈ 6 · n_params · examples seen). Never a slice
+# column along another axis (each run would be its own slice); along one, the columns it is
+# made of vary with it, so they do not slice either: "along compute" is the study's diagonal.
+DERIVED_AXES = {"compute": ("model_size", "data_size", "n_params", "budget")}
+
+
+def slice_columns(runs: pd.DataFrame, axis: str, axes, grid) -> list[str]:
+    """Other axes and grid columns, minus mere relabellings of `axis` (n_params) and derived axes."""
     cols: list[str] = []
+    skip = {axis, *DERIVED_AXES, *DERIVED_AXES.get(axis, ())}
     for col in [*axes, *grid]:
-        if col == axis or col not in runs.columns or col in cols:
+        if col in skip or col not in runs.columns or col in cols:
             continue
         if not any(_relabels(runs, col, other) for other in [axis, *cols]):
             cols.append(col)
@@ -519,7 +526,7 @@ def _relabels(runs: pd.DataFrame, a: str, b: str) -> bool:
     )
 
 
-def _label(cols: list[str], key) -> str:
+def slice_label(cols: list[str], key) -> str:
     if not cols:
         return "all"
     key = key if isinstance(key, tuple) else (key,)
@@ -568,13 +575,13 @@ def classify_runs(
     """Verdicts for every phenomenon, axis (with >1 value) and slice of a runs table.
 
     A slice holds the runs that share every other axis and grid value. Pass
-    only independent axes (a derived `compute` axis would split a grid into
-    single points). Failed runs are left out; diverged runs are data. After
+    independent axes, plus derived ones of `DERIVED_AXES` (sliced as the
+    diagonal, see there). Failed runs are left out; diverged runs are data. After
     all slices are classified, p-values are adjusted with Benjamini &
     Hochberg (1995); a trend whose adjusted p exceeds `fdr` is demoted to
     inconclusive (set `fdr=None` to only report `p_adjusted`).
     """
-    runs = _usable(runs, [*axes, *grid])
+    runs = usable_runs(runs, [*axes, *grid])
     gen = _as_rng(rng)
     seed = seed if seed and seed in runs.columns else None
     rows = []
@@ -583,14 +590,14 @@ def classify_runs(
         for axis in axes:
             if runs[axis].nunique() <= 1:
                 continue
-            cols = _slice_columns(runs, axis, axes, grid)
+            cols = slice_columns(runs, axis, axes, grid)
             groups = ev.groupby(cols, dropna=False, sort=True) if cols else [((), ev)]
             for key, points in groups:
-                rows.append(_classify_group(ph, axis, _label(cols, key), points, seed, n_boot, gen))
+                rows.append(_classify_group(ph, axis, slice_label(cols, key), points, seed, n_boot, gen))
     return _finish(rows, fdr)
 
 
-def _usable(runs: pd.DataFrame, needed: list[str]) -> pd.DataFrame:
+def usable_runs(runs: pd.DataFrame, needed: list[str]) -> pd.DataFrame:
     missing = [c for c in needed if c not in runs.columns]
     if missing:
         valid = ", ".join(map(str, runs.columns))

@@ -1,7 +1,14 @@
-"""Figures: tidy table in, PNG out (seaborn), one job per function."""
+"""Figures: tidy table in, PNG out (seaborn), one job per function.
+
+Every figure is written headless (Agg) so reports can be built on a worker or
+in CI. Text that comes from a spec or a run is passed through `_plain`, because
+matplotlib would read a `$` in a run's name as the start of a formula.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -9,44 +16,192 @@ import matplotlib
 matplotlib.use("Agg")  # reports are written headless, on workers and in CI
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
 
+MAX_LABELLED_TICKS = 12
+
+
+@dataclass
+class Curve:
+    """A fitted law drawn over one slice: dashed over the data, dotted where it
+    extrapolates beyond the largest measured scale (`data_max`)."""
+
+    slice: str
+    x: np.ndarray
+    y: np.ndarray
+    label: str
+    data_max: float
+
 
 def strength_vs_axis(
-    points: pd.DataFrame, *, axis: str, slice_col: str | None, title: str, ylabel: str, path: Path
+    points: pd.DataFrame,
+    *,
+    axis: str,
+    slice_col: str,
+    order: Sequence[str],
+    title: str,
+    ylabel: str,
+    path: Path,
+    curves: Sequence[Curve] = (),
+    presence: float | None = None,
 ) -> Path:
-    """Strength against one scale axis on a log x axis, one line per slice,
-    with a band of the seed-to-seed 95% interval at each point."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    """Strength against one scale axis on a log x axis, one line per slice
+    (in `order`), with a band of the seed-to-seed 95% interval at each point,
+    the fitted laws of the verdicts and the presence threshold."""
+    fig, ax = plt.subplots(figsize=(8.0, 4.4))
     data = points.dropna(subset=["strength"])
+    palette_name = None if len(order) <= 10 else "husl"  # seaborn's default repeats after 10 colours
+    colours = dict(zip(order, sns.color_palette(palette_name, n_colors=max(len(order), 1)), strict=False))
     if data.empty:
-        ax.text(0.5, 0.5, "no finite strength values", ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, "no run has a finite strength", ha="center", va="center", transform=ax.transAxes)
     else:
+        data = data.assign(**{slice_col: data[slice_col].map(_plain)})
+        palette = {_plain(k): v for k, v in colours.items()}
         sns.lineplot(
-            data=data, x=axis, y="strength", hue=slice_col, marker="o", errorbar=("ci", 95), n_boot=200, seed=0, ax=ax
+            data=data,
+            x=axis,
+            y="strength",
+            hue=slice_col,
+            hue_order=[_plain(s) for s in order],
+            palette=palette,
+            marker="o",
+            errorbar=("ci", 95),
+            n_boot=200,
+            seed=0,
+            ax=ax,
         )
-        ax.set_xscale("log")
-    ax.set(title=title, xlabel=axis, ylabel=ylabel)
-    if ax.get_legend() is not None:
-        ax.legend(title=slice_col, fontsize="small", title_fontsize="small")
+        _draw_curves(ax, curves, colours)
+        _draw_presence(ax, presence, data["strength"])
+        _log_axis(ax, points[axis])
+    ax.set(title=_plain(title), xlabel=_plain(axis), ylabel=_plain(ylabel))
+    if ax.get_legend() is not None:  # beside the axes, so that many slices hide no data
+        ax.legend(
+            fontsize="x-small",
+            title_fontsize="small",
+            title=_plain(slice_col),
+            bbox_to_anchor=(1.02, 1),
+            loc="upper left",
+            ncol=1 if len(order) <= 16 else 2,
+        )
     return _save(fig, path)
 
 
-def regime_phase_diagram(table: pd.DataFrame, *, x: str, y: str, title: str, path: Path) -> Path:
-    """The dominant regime at each (x, y) point, as a heatmap with labels
-    (like the grokking phase diagrams of Liu et al. 2022)."""
-    dominant = table.groupby([y, x])["regime"].agg(lambda s: s.value_counts().index[0]).unstack(x)
-    labels = sorted(set(dominant.stack()))
+def _draw_curves(ax, curves: Sequence[Curve], colours: dict) -> None:
+    labelled: set[str] = set()  # one legend entry per kind of law, not per slice
+    for curve in curves:
+        inside = curve.x <= curve.data_max * (1 + 1e-9)
+        colour = colours.get(curve.slice, "black")
+        label = "_" if curve.label in labelled else _plain(curve.label)
+        ax.plot(curve.x[inside], curve.y[inside], ls="--", lw=1.2, color=colour, label=label)
+        beyond = curve.x >= curve.data_max * (1 - 1e-9)
+        if beyond.sum() > 1:
+            label = "_" if "extrapolated" in labelled else "extrapolated"
+            ax.plot(curve.x[beyond], curve.y[beyond], ls=":", lw=1.5, color=colour, label=label)
+            labelled.add("extrapolated")
+        labelled.add(curve.label)
+
+
+def _draw_presence(ax, presence: float | None, strength: pd.Series) -> None:
+    """The presence threshold, when it lies near the data (not +-inf or far away)."""
+    if presence is None or not np.isfinite(presence):
+        return
+    lo, hi = float(strength.min()), float(strength.max())
+    pad = 0.5 * (hi - lo)
+    if lo - pad <= presence <= hi + pad:
+        ax.axhline(presence, color="grey", ls="-.", lw=1, label="presence threshold")
+
+
+def _log_axis(ax, values: pd.Series) -> None:
+    """Log x axis labelled with the measured scales (few) or decades (many)."""
+    ax.set_xscale("log")
+    ticks = np.sort(pd.to_numeric(values, errors="coerce").dropna().unique())
+    ticks = ticks[ticks > 0]
+    if 0 < len(ticks) <= MAX_LABELLED_TICKS:
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([f"{t:g}" for t in ticks], fontsize="small")
+
+
+def regime_shares_vs_axis(table: pd.DataFrame, *, axis: str, labels: Sequence[str], title: str, path: Path) -> Path:
+    """Share of runs in each regime against one axis (log x), over every slice: the
+    figure to show when no run has a finite strength but every run has a regime.
+    Regimes keep the colours of the phase diagram."""
+    full = table.groupby(axis)["regime"].value_counts(normalize=True).unstack("regime").fillna(0.0)
+    labels = _all_labels(labels, full.columns)
+    colours = _regime_colours(labels)
+    fig, ax = plt.subplots(figsize=(8.0, 4.4))
+    for label in (label for label in labels if label in full.columns):
+        ax.plot(full.index, full[label], marker="o", color=colours[label], label=_plain(label))
+    _log_axis(ax, table[axis])
+    ax.set(title=_plain(title), xlabel=_plain(axis), ylabel="share of runs", ylim=(-0.05, 1.05))
+    ax.legend(fontsize="x-small", title="regime", bbox_to_anchor=(1.02, 1), loc="upper left")
+    return _save(fig, path)
+
+
+def _all_labels(labels: Sequence[str], found: Iterable[str]) -> list[str]:
+    """The phenomenon's regimes in catalog order, then any other label found."""
+    return [*labels, *sorted(set(found) - set(labels))]
+
+
+def _regime_colours(labels: Sequence[str]) -> dict[str, tuple]:
+    return dict(zip(labels, sns.color_palette("Set2", len(labels)), strict=True))
+
+
+def regime_phase_diagram(table: pd.DataFrame, *, x: str, y: str, labels: Sequence[str], title: str, path: Path) -> Path:
+    """The dominant regime at each (x, y) point over seeds and other grid values,
+    as a heatmap annotated with the regime and its share of the runs (like the
+    grokking phase diagrams of Liu et al. 2022). Colours follow `labels`, so a
+    regime has the same colour in every phenomenon's diagram."""
+    grouped = table.groupby([y, x])["regime"]
+    dominant = grouped.agg(lambda s: s.value_counts().index[0]).unstack(x)
+    share = grouped.agg(lambda s: s.value_counts(normalize=True).iloc[0]).unstack(x)
+    labels = _all_labels(labels, dominant.stack())
     codes = dominant.apply(lambda col: col.map(labels.index)).astype(float)
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    palette = sns.color_palette("Set2", len(labels))
-    sns.heatmap(codes, annot=dominant, fmt="", cmap=palette, cbar=False, ax=ax, vmin=-0.5, vmax=len(labels) - 0.5)
+    short = len(codes.columns) > 3  # narrow cells: abbreviated labels, the legend has them whole
+    text = dominant.apply(lambda col: col.map(lambda v: _plain(_abbreviate(v) if short else v)))
+    text = text + share.map(lambda v: f"\n{v:.0%}")
+    palette = list(_regime_colours(labels).values())
+    fig, ax = plt.subplots(figsize=(min(4.0 + 1.1 * len(codes.columns), 12.0), 4.6))
+    sns.heatmap(
+        codes,
+        annot=text.to_numpy(),
+        fmt="",
+        cmap=palette,
+        cbar=False,
+        ax=ax,
+        vmin=-0.5,
+        vmax=len(labels) - 0.5,
+        annot_kws={"fontsize": "small"},
+        linewidths=0.5,
+    )
+    ax.set_xticklabels([_tick(v) for v in codes.columns])
+    ax.set_yticklabels([_tick(v) for v in codes.index], rotation=0)
     ax.invert_yaxis()
-    ax.set(title=title, xlabel=x, ylabel=y)
+    used = [label for label in labels if label in set(dominant.stack())]
+    handles = [Patch(color=palette[labels.index(label)], label=_plain(label)) for label in used]
+    ax.legend(handles=handles, bbox_to_anchor=(1.02, 1), loc="upper left", fontsize="small", title="regime")
+    ax.set(title=_plain(title), xlabel=_plain(x), ylabel=_plain(y))
     return _save(fig, path)
+
+
+def _abbreviate(label: object, width: int = 7) -> str:
+    text = str(label)
+    return text if len(text) <= width else text[: width - 1] + "."
+
+
+def _tick(value: object) -> str:
+    return f"{value:g}" if isinstance(value, int | float | np.number) else _plain(value)
+
+
+def _plain(text: object) -> str:
+    """Text as it is: no mathtext (a `$` in a spec name would start a formula)."""
+    return str(text).replace("$", r"\$")
 
 
 def _save(fig, path: Path) -> Path:

@@ -62,7 +62,7 @@ def runs_from_csv(path: str | Path) -> pd.DataFrame:
     """Any table of runs: one row per run (or per model), columns of axes and values."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such table. Give a CSV file with one row per run.")
+        raise UserError(f"{path}: the table does not exist. Give a CSV file with one row per run.")
     try:
         return pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:

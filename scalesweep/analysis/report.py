@@ -1,22 +1,35 @@
 """The report: one self-contained HTML page, `verdicts.csv`, and the PNGs.
 
+Read top to bottom, the page answers what a researcher asks in order: what
+was studied (spec, axes, runs), what the verdicts are (a coloured table),
+and then, per phenomenon, what it means, what the data look like, which law
+fits, the evidence behind each verdict, what would decide the undecided ones,
+and which runs make up each point.
+
 Figures are embedded as base64 so that the page opens from disk with no
 network; the same PNGs are written beside it for papers and slides. Every
-string that comes from a spec or a run goes through `html.escape`.
+string that comes from a spec or a run goes through `html.escape`; the page
+has no script.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from scalesweep.analysis import figures
+from scalesweep.analysis import classify, figures, fits
+from scalesweep.analysis.advice import advice
+from scalesweep.analysis.classify import VERDICT_COLUMNS, VERDICTS
 from scalesweep.analysis.phenomena import Phenomenon, evaluate
+from scalesweep.errors import UserError
 
 VERDICT_COLOURS = {
     "expansion": "#d7f0d2",
@@ -26,11 +39,24 @@ VERDICT_COLOURS = {
     "absent": "#f7f7f7",
     "inconclusive": "#f6d5d5",
 }
+MEANINGS = {
+    "expansion": "more pronounced with scale",
+    "shrinkage": "less pronounced with scale",
+    "transformation": "changes kind (regime, sign or direction)",
+    "persistent": "present, and no change that matters",
+    "absent": "never present",
+    "inconclusive": "the data cannot decide yet",
+}
+FITTED = ("expansion", "shrinkage")  # verdicts that get a saturating power law
+TREND_DRAWN = ("expansion", "shrinkage", "persistent")  # verdicts whose trend line is drawn
+EXTRAPOLATE = 4.0  # fitted laws are drawn up to this factor beyond the largest scale
+MIN_FIT_POINTS = 4  # a 3-parameter law needs more scale points than parameters
+MIN_ALPHA = 0.01  # below this the power law is a straight line in log scale
 
 
 @dataclass
 class Study:
-    """What the first screen says about the study."""
+    """What the first screen says about the study, and where its runs live."""
 
     title: str
     axes: list[str]
@@ -39,144 +65,467 @@ class Study:
     runs_failed: int = 0
     notes: list[str] = field(default_factory=list)
     mlflow_url: str | None = None
+    experiment_id: str | None = None
+    failed_runs: list[tuple[str, str]] = field(default_factory=list)  # (run name, run id)
+
+    def run_url(self, run_id: str) -> str | None:
+        """The run's page in the MLflow UI, when the runs are on a tracking server."""
+        base = self.experiment_url()
+        return f"{base}/runs/{run_id}" if base else None
+
+    def experiment_url(self) -> str | None:
+        if self.mlflow_url and self.experiment_id and self.mlflow_url.startswith(("http://", "https://")):
+            return f"{self.mlflow_url.rstrip('/')}/#/experiments/{self.experiment_id}"
+        return None
+
+
+@dataclass
+class _Law:
+    """A law fitted over one slice: the curve to draw and the words for the evidence."""
+
+    curve: figures.Curve
+    words: str
 
 
 def write_report(
     out_dir: Path, study: Study, runs: pd.DataFrame, phenomena: list[Phenomenon], verdicts: pd.DataFrame
 ) -> Path:
-    """Write report.html, verdicts.csv and figures/*.png into `out_dir`."""
+    """Write report.html, verdicts.csv and figures/*.png into `out_dir`; return the page's path."""
+    runs = classify.usable_runs(runs, [*study.axes, *study.grid])  # the runs the classifier used
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (out_dir / "figures").glob("*__*.png"):  # figures of an earlier report of this study
+        stale.unlink()
+    verdicts = stable_columns(verdicts)
     verdicts.to_csv(out_dir / "verdicts.csv", index=False)
     sections = [_phenomenon_section(out_dir, study, runs, ph, verdicts) for ph in phenomena]
-    page = _page(study, runs, verdicts, sections)
     path = out_dir / "report.html"
-    path.write_text(page, encoding="utf-8")
+    path.write_text(_page(study, runs, phenomena, verdicts, sections), encoding="utf-8")
     return path
+
+
+def stable_columns(verdicts: pd.DataFrame) -> pd.DataFrame:
+    """`VERDICT_COLUMNS` first and in order (the CSV's stable interface), then the rest."""
+    out = verdicts.copy()
+    for column in VERDICT_COLUMNS:
+        if column not in out:
+            out[column] = math.nan
+    return out[[*VERDICT_COLUMNS, *(c for c in out.columns if c not in VERDICT_COLUMNS)]]
+
+
+# --- one phenomenon ------------------------------------------------------------
 
 
 def _phenomenon_section(out_dir: Path, study: Study, runs: pd.DataFrame, ph: Phenomenon, verdicts: pd.DataFrame) -> str:
     table = evaluate(runs, ph)
-    parts = [f"<h2 id='{_e(ph.name)}'>{_e(ph.name)}</h2>", f"<p class='definition'>{_e(ph.description)}</p>"]
-    parts.append(
-        f"<p class='formula'>strength = <code>{_e(ph.strength)}</code>; more pronounced = {_e(ph.direction)}; "
-        f"present beyond {ph.presence:g}; minimum effect {ph.min_effect:g}</p>"
-    )
+    mine = verdicts[verdicts["phenomenon"] == ph.name]
+    parts = [f"<h2 id='{_anchor(ph.name)}'>{_e(ph.name)}</h2>", _definition(ph)]
+    laws: list[tuple[pd.Series, _Law]] = []
     for axis in study.axes:
-        if table[axis].nunique() < 2:
-            continue
-        others = [a for a in study.axes + study.grid if a != axis and a in table and table[a].nunique() > 1]
-        slice_col = None
-        if others:
-            table["slice"] = table[others].astype(str).agg(", ".join, axis=1) if len(others) > 1 else table[others[0]]
-            slice_col = "slice" if len(others) > 1 else others[0]
-        png = figures.strength_vs_axis(
-            table,
-            axis=axis,
-            slice_col=slice_col,
-            title=f"{ph.name} along {axis}",
-            ylabel=ph.strength,
-            path=out_dir / "figures" / f"{_slug(ph.name)}__{axis}.png",
-        )
-        parts.append(_figure(png, f"{ph.name} along {axis}"))
-    if ph.regimes and len(study.axes) >= 2 and all(table[a].nunique() > 1 for a in study.axes[:2]):
+        if axis in table and table[axis].nunique() > 1:
+            part, found = _axis_part(out_dir, study, table, ph, axis, mine[mine["axis"] == axis])
+            parts.append(part)
+            laws += found
+    x, y = study.axes[:2] if len(study.axes) >= 2 else (None, None)
+    if ph.regimes and x and all(a in table and table[a].nunique() > 1 for a in (x, y)):
         png = figures.regime_phase_diagram(
             table,
-            x=study.axes[0],
-            y=study.axes[1],
+            x=x,
+            y=y,
+            labels=[*ph.regimes, "other"],
             title=f"{ph.name}: dominant regime",
             path=out_dir / "figures" / f"{_slug(ph.name)}__phases.png",
         )
-        parts.append(_figure(png, f"{ph.name} phase diagram"))
-    mine = verdicts[verdicts["phenomenon"] == ph.name]
+        caption = f"{ph.name}: dominant regime over {x} x {y} (share of runs in each cell)"
+        parts.append(_figure(png, caption, ph.name, f"{x} x {y}", "phases"))
     if len(mine):
-        parts.append("<h3>Evidence</h3>" + _verdict_table(mine, evidence=True))
-        parts.extend(_plain_words(row) for _, row in mine.iterrows() if row["verdict"] == "inconclusive")
+        parts.append("<h3>Evidence</h3>" + _evidence_table(mine, laws) + _advice(mine, table, ph))
     return "\n".join(parts)
 
 
-def _plain_words(row: pd.Series) -> str:
+def _definition(ph: Phenomenon) -> str:
+    words = f"<p class='definition'>{_e(ph.description)}</p>" if ph.description else ""
+    formula = (
+        f"<p class='formula'>strength = <code>{_e(ph.strength)}</code>; more pronounced = {_e(ph.direction)}; "
+        f"present when strength is {'above' if ph.direction == 'higher' else 'below'} {_e(_fmt(ph.presence))}; "
+        f"smallest change that matters (min_effect) {_e(_fmt(ph.min_effect))}"
+        + ("; signed (a sign change is a transformation)" if ph.signed else "")
+        + "</p>"
+    )
+    regimes = ""
+    if ph.regimes:
+        items = "".join(f"<li><b>{_e(k)}</b>: <code>{_e(v)}</code></li>" for k, v in ph.regimes.items())
+        regimes = f"<p>Regimes (the first that holds; otherwise <i>other</i>):</p><ul class='regimes'>{items}</ul>"
+    return words + formula + regimes
+
+
+def _axis_part(
+    out_dir: Path, study: Study, table: pd.DataFrame, ph: Phenomenon, axis: str, verdicts: pd.DataFrame
+) -> tuple[str, list[tuple[pd.Series, _Law]]]:
+    """One figure of the phenomenon along `axis` (a line per slice, laws drawn) and the runs behind it."""
+    table, order = _with_slices(table, study, axis)
+    laws = []
+    for _, row in verdicts.iterrows():
+        law = _law(table[table["slice"] == row["slice"]], axis, row, ph)
+        if law is not None:
+            laws.append((row, law))
+    figure = _axis_figure(out_dir, table, ph, axis, order, [law.curve for _, law in laws])
+    return figure + _runs_behind(table, axis, order, study), laws
+
+
+def _axis_figure(
+    out_dir: Path, table: pd.DataFrame, ph: Phenomenon, axis: str, order: list[str], curves: list[figures.Curve]
+) -> str:
+    """Strength along the axis; the regimes' shares instead when no run has a finite strength."""
+    path = out_dir / "figures" / f"{_slug(ph.name)}__{_slug(axis)}.png"
+    if ph.regimes and not np.isfinite(table["strength"].to_numpy(dtype=float)).any():
+        title = f"{ph.name} along {axis}: regimes (no run has a finite strength)"
+        png = figures.regime_shares_vs_axis(table, axis=axis, labels=[*ph.regimes, "other"], title=title, path=path)
+        caption = f"{ph.name} along {axis} (log scale): no run has a finite strength; share of runs in each regime"
+        return _figure(png, caption, ph.name, axis, "strength")
+    png = figures.strength_vs_axis(
+        table,
+        axis=axis,
+        slice_col="slice",
+        order=order,
+        title=f"{ph.name} along {axis}",
+        ylabel=f"strength: {ph.strength}" if len(ph.strength) <= 40 else "strength",
+        path=path,
+        curves=curves,
+        presence=ph.presence,
+    )
+    caption = (
+        f"{ph.name} along {axis} (log scale): mean over seeds with its 95% interval, one line per slice; "
+        "dashed: the fitted law, dotted: its extrapolation"
+    )
+    return _figure(png, caption, ph.name, axis, "strength")
+
+
+def _with_slices(table: pd.DataFrame, study: Study, axis: str) -> tuple[pd.DataFrame, list[str]]:
+    """Label each run with its slice exactly as the classifier names it, so that
+    the figure's legend, the verdict table and the runs table agree."""
+    cols = classify.slice_columns(table, axis, study.axes, study.grid)
+    if not cols:
+        return table.assign(slice="all"), ["all"]
+    labels = pd.Series("", index=table.index, dtype=object)
+    order = []
+    for key, group in table.groupby(cols, dropna=False, sort=True):
+        label = classify.slice_label(cols, key)
+        labels[group.index] = label
+        order.append(label)
+    return table.assign(slice=labels), order
+
+
+# --- fitted laws ------------------------------------------------------------------
+
+
+def _law(points: pd.DataFrame, axis: str, row: pd.Series, ph: Phenomenon) -> _Law | None:
+    """The law behind a verdict. Where the classifier found the trend curved in
+    log scale and there are enough points, a saturating power law; otherwise the
+    classifier's own straight line in log scale (a power law would only
+    degenerate to it, alpha -> 0, after a long and costly fit)."""
+    x = pd.to_numeric(points[axis], errors="coerce").to_numpy(dtype=float)
+    y = pd.to_numeric(points["strength"], errors="coerce").to_numpy(dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y) & (x > 0)
+    x, y = x[ok], y[ok]
+    if len(np.unique(x)) < 2 or not _finite(row["effect"]):
+        return None
+    grid = np.geomspace(x.min(), x.max() * EXTRAPOLATE, 60)
+    curved = row.get("shape") in ("accelerating", "decelerating")
+    if row["verdict"] in FITTED and curved and len(np.unique(x)) >= MIN_FIT_POINTS:
+        law = _power_law(x, y, grid, axis, row, ph)
+        if law is not None:
+            return law
+    if row["verdict"] not in TREND_DRAWN:
+        return None
+    u = np.log10(x)
+    intercept = y.mean() - row["effect"] * u.mean()  # least squares on the runs, as the classifier fits it
+    curve = figures.Curve(str(row["slice"]), grid, intercept + row["effect"] * np.log10(grid), "trend", x.max())
+    return _Law(curve, f"straight line in log scale: {row['effect']:+.3g} per decade of {axis}")
+
+
+def _power_law(
+    x: np.ndarray, y: np.ndarray, grid: np.ndarray, axis: str, row: pd.Series, ph: Phenomenon
+) -> _Law | None:
+    """y = E + A x^-alpha on the seed means, fitted to rising data as -y so that it may
+    saturate either way; None when the fit degenerates (alpha near 0) or fails."""
+    sign = -1.0 if row["effect"] > 0 else 1.0
+    xs, means = np.unique(x), pd.Series(y).groupby(x).mean().to_numpy()
+    try:
+        fit = fits.fit_power_law(xs, sign * means, n_boot=0)
+    except (UserError, ValueError, FloatingPointError, np.linalg.LinAlgError):
+        return None
+    curve_y = sign * fit.predict(grid)
+    if abs(fit.params["alpha"]) < MIN_ALPHA or not np.all(np.isfinite(curve_y)):
+        return None
+    p = fit.params
+    words = (
+        f"power law y = {sign * p['E']:.3g} {'-' if sign < 0 else '+'} {p['A']:.3g} x^-alpha, alpha = {p['alpha']:.3g}"
+    )
+    if np.isfinite(ph.presence):
+        cross = fit.crossing(sign * ph.presence)[0]
+        if math.isfinite(cross) and cross > x.max():
+            words += f"; extrapolated, it crosses the presence threshold at {axis} = {cross:.3g}"
+    return _Law(figures.Curve(str(row["slice"]), grid, curve_y, "power law", x.max()), words)
+
+
+# --- tables and words ---------------------------------------------------------------
+
+
+def _evidence_table(verdicts: pd.DataFrame, laws: list[tuple[pd.Series, _Law]]) -> str:
+    law_of = {(r["axis"], r["slice"]): law.words for r, law in laws}
+    flagged = _any_text(verdicts, "flag")
+    alternative = _any_text(verdicts, "alt_verdict")
+    head = (
+        [
+            "axis",
+            "slice",
+            "verdict",
+            "detail",
+            "confidence",
+            "effect per decade [95% CI]",
+            "p",
+            "p adjusted",
+            "transition",
+            "points",
+            "seeds",
+            "fitted law",
+        ]
+        + (["on the alternative metric"] if alternative else [])
+        + (["flag"] if flagged else [])
+    )
+    rows = []
+    for _, r in verdicts.iterrows():
+        cells = [
+            r["axis"],
+            r["slice"],
+            r["verdict"],
+            r["detail"],
+            _pct(r["confidence"]),
+            f"{_fmt(r['effect'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]" if _finite(r["effect"]) else "",
+            _fmt(r["p_value"]),
+            _fmt(r.get("p_adjusted")),
+            _fmt(r["transition"]),
+            _fmt(r["n_points"]),
+            _fmt(r["n_seeds"]),
+            law_of.get((r["axis"], r["slice"]), ""),
+        ]
+        if alternative:
+            alt = _text(r, "alt_detail")
+            cells.append(_text(r, "alt_verdict") + (f" ({alt})" if alt else ""))
+        if flagged:
+            cells.append(_text(r, "flag"))
+        rows.append(_row(r["verdict"], cells))
+    note = (
+        "<p class='note'>effect: change of the strength per tenfold increase of the axis (least squares on "
+        "log10 of the axis); p: the test behind the verdict (slope, shape, regime flip, or equivalence for "
+        "<i>persistent</i>); p adjusted: Benjamini-Hochberg over all verdicts of this report; confidence: share "
+        "of bootstrap resamples over seeds that give the same verdict; transition: the scale where the "
+        "phenomenon changes (emerges, vanishes, changes regime or sign).</p>"
+    )
+    return _table(head, rows, "evidence") + note
+
+
+def _any_text(verdicts: pd.DataFrame, column: str) -> bool:
+    return column in verdicts and bool(verdicts[column].fillna("").astype(str).str.len().gt(0).any())
+
+
+def _text(row: pd.Series, column: str) -> str:
+    value = row.get(column)
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
+def _advice(verdicts: pd.DataFrame, table: pd.DataFrame, ph: Phenomenon) -> str:
+    items = []
+    for _, r in verdicts.iterrows():
+        values = sorted(pd.to_numeric(table[r["axis"]], errors="coerce").dropna().unique().tolist())
+        words = advice(r.to_dict(), values, ph.min_effect)
+        if words:
+            items.append(f"<li><b>{_e(r['axis'])}, {_e(r['slice'])}</b> ({_e(r['verdict'])}): {_e(words)}</li>")
+    return f"<h3>What would decide</h3><ul class='advice'>{''.join(items)}</ul>" if items else ""
+
+
+def _runs_behind(table: pd.DataFrame, axis: str, order: list[str], study: Study) -> str:
+    """Each point of the figure with the runs it averages, linked to MLflow when possible."""
+    if "run_id" not in table:
+        return ""
+    points = []
+    for (label, value), group in table.groupby(["slice", axis], sort=False):
+        group = group.sort_values("seed") if "seed" in group else group
+        regimes = ", ".join(f"{n} {k}" for k, n in group["regime"].value_counts().items()) if "regime" in group else ""
+        text = "".join(f"<td>{_e(c)}</td>" for c in (label, _fmt(value), _fmt(group["strength"].mean()), regimes))
+        runs = " ".join(_run_ref(run, study) for _, run in group.iterrows())
+        rank = order.index(label) if label in order else len(order)
+        points.append(((rank, value), f"<tr>{text}<td>{runs}</td></tr>"))
+    body = "".join(row for _, row in sorted(points, key=lambda point: point[0]))
+    head = "".join(f"<th>{_e(h)}</th>" for h in ("slice", axis, "mean strength", "regimes", "runs"))
     return (
-        f"<p class='note'><b>{_e(row['axis'])}, {_e(row['slice'])}</b>: inconclusive because "
-        f"{_e(row['detail'])}. More scale points (a 4x span at least), more seeds, or a wider range "
-        "would decide it.</p>"
+        f"<details class='runs'><summary>Runs behind each point along {_e(axis)}</summary>"
+        f"<table class='runs'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></details>"
     )
 
 
-def _figure(png: Path, alt: str) -> str:
+def _run_ref(run: pd.Series, study: Study) -> str:
+    run_id = str(run["run_id"])
+    seed = f"seed {_e(_fmt(run['seed']))}: " if "seed" in run else ""
+    name = f" title='{_e(run['run_name'])}'" if "run_name" in run and isinstance(run["run_name"], str) else ""
+    url = study.run_url(run_id)
+    code = f"<code{name}>{_e(run_id)}</code>"
+    return (
+        f"<span class='run'>{seed}<a href='{_e(url)}'>{code}</a></span>"
+        if url
+        else f"<span class='run'>{seed}{code}</span>"
+    )
+
+
+def _figure(png: Path, caption: str, phenomenon: str, axis: str, kind: str) -> str:
     data = base64.b64encode(png.read_bytes()).decode("ascii")
     return (
-        f"<figure><img alt='{_e(alt)}' src='data:image/png;base64,{data}'><figcaption>{_e(alt)}</figcaption></figure>"
+        f"<figure><img alt='{_e(caption)}' data-phenomenon='{_e(phenomenon)}' data-axis='{_e(axis)}' "
+        f"data-kind='{kind}' data-file='figures/{_e(png.name)}' src='data:image/png;base64,{data}'>"
+        f"<figcaption>{_e(caption)}</figcaption></figure>"
     )
 
 
-def _verdict_table(verdicts: pd.DataFrame, evidence: bool = False) -> str:
-    columns = ["phenomenon", "axis", "slice", "verdict", "detail", "confidence"]
-    if evidence:
-        columns += ["effect", "ci_low", "ci_high", "p_value"] + (["p_adjusted"] if "p_adjusted" in verdicts else [])
-        columns += ["transition", "n_points", "n_seeds"]
-    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
+def _row(verdict: Any, cells: Iterable[Any], lead: str = "") -> str:
+    """A table row coloured by its verdict; `lead` is a first cell that is already HTML."""
+    css = f"v-{verdict}" if verdict in VERDICTS else "v-other"
+    first = f"<td>{lead}</td>" if lead else ""
+    return f"<tr class='{css}'>{first}" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>"
+
+
+def _table(head: list[str], rows: list[str], css: str) -> str:
+    th = "".join(f"<th>{_e(h)}</th>" for h in head)
+    return f"<table class='{css}'><thead><tr>{th}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+# --- the first screen ---------------------------------------------------------------
+
+
+def _verdict_table(verdicts: pd.DataFrame) -> str:
+    head = ["phenomenon", "axis", "slice", "verdict", "detail", "confidence"]
     rows = []
-    for _, row in verdicts.iterrows():
-        colour = VERDICT_COLOURS.get(str(row["verdict"]), "#ffffff")
-        cells = "".join(f"<td>{_e(_fmt(row.get(c)))}</td>" for c in columns)
-        rows.append(f"<tr class='verdict-{_e(row['verdict'])}' style='background:{colour}'>{cells}</tr>")
-    return f"<table class='verdicts'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    for _, r in verdicts.iterrows():
+        link = f"<a href='#{_anchor(r['phenomenon'])}'>{_e(r['phenomenon'])}</a>"
+        detail = r["detail"] + ("; FLAGGED: see the evidence" if _text(r, "flag") else "")
+        cells = [r["axis"], r["slice"], r["verdict"], detail, _pct(r["confidence"])]
+        rows.append(_row(r["verdict"], cells, lead=link))
+    return _table(head, rows, "verdicts")
 
 
-def _study_header(study: Study, runs: pd.DataFrame) -> str:
-    ranges = []
-    for axis in study.axes + study.grid:
-        if axis in runs:
-            values = sorted(runs[axis].dropna().unique().tolist())
-            ranges.append(f"<li><b>{_e(axis)}</b>: {_e(', '.join(_fmt(v) for v in values))}</li>")
-    link = f" · <a href='{_e(study.mlflow_url)}'>MLflow</a>" if study.mlflow_url else ""
-    notes = "".join(f"<p class='note'>{_e(n)}</p>" for n in study.notes)
+def _legend(verdicts: pd.DataFrame) -> str:
+    counts = verdicts["verdict"].value_counts()
+    chips = "".join(
+        f"<span class='chip v-{v}' title='{_e(MEANINGS[v])}'>{v}: {int(counts.get(v, 0))}</span>" for v in VERDICTS
+    )
+    return f"<p class='legend'>{chips}</p>"
+
+
+def _axes_table(study: Study, runs: pd.DataFrame) -> str:
+    rows = []
+    for name in [*study.axes, *study.grid]:
+        if name not in runs:
+            continue
+        values = sorted(runs[name].dropna().unique().tolist(), key=_sort_key)
+        numbers = [float(v) for v in values if isinstance(v, int | float | np.number)]
+        span = f"{numbers[-1] / numbers[0]:.3g}x" if len(numbers) > 1 and numbers[0] > 0 else ""
+        kind = "axis" if name in study.axes else "grid"
+        rows.append(
+            f"<tr><td>{_e(name)}</td><td>{kind}</td><td>{_e(', '.join(_fmt(v) for v in values))}</td>"
+            f"<td>{len(values)}</td><td>{span}</td></tr>"
+        )
+    if "seed" in runs:
+        seeds = sorted(runs["seed"].dropna().unique().tolist(), key=_sort_key)
+        rows.append(
+            f"<tr><td>seed</td><td>seeds</td><td>{_e(', '.join(_fmt(s) for s in seeds))}</td>"
+            f"<td>{len(seeds)}</td><td></td></tr>"
+        )
+    head = "<tr><th>name</th><th>kind</th><th>values</th><th>points</th><th>span</th></tr>"
+    return f"<table class='axes'><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _study_header(study: Study, runs: pd.DataFrame, phenomena: list[Phenomenon], verdicts: pd.DataFrame) -> str:
+    url = study.experiment_url() or (study.mlflow_url if (study.mlflow_url or "").startswith("http") else None)
+    link = f" · <a href='{_e(url)}'>MLflow</a>" if url else ""
+    notes = "".join(f"<p class='description'>{_e(n)}</p>" for n in study.notes)
+    names = ", ".join(f"<a href='#{_anchor(p.name)}'>{_e(p.name)}</a>" for p in phenomena)
+    failed = ""
+    if study.failed_runs:
+        items = "".join(
+            f"<li>{_e(name)}: {_run_ref(pd.Series({'run_id': rid}), study)}</li>" for name, rid in study.failed_runs
+        )
+        failed = f"<details><summary>Failed runs</summary><ul>{items}</ul></details>"
     return (
-        f"<h1>{_e(study.title)}</h1>"
-        f"<p>{study.runs_finished} runs finished · {study.runs_failed} failed{link}</p>"
-        f"<ul class='axes'>{''.join(ranges)}</ul>{notes}"
+        f"<header><h1>{_e(study.title)}</h1>{notes}"
+        f"<p class='summary'><b>{study.runs_finished}</b> runs finished · <b>{study.runs_failed}</b> failed · "
+        f"{len(verdicts)} verdicts on {len(phenomena)} phenomena: {names}{link}</p>"
+        f"{_axes_table(study, runs)}{failed}</header>"
     )
 
 
-def _page(study: Study, runs: pd.DataFrame, verdicts: pd.DataFrame, sections: list[str]) -> str:
-    bh = (
-        "<p class='note'>p-values are adjusted for multiple comparisons across this report's verdicts "
-        "(Benjamini-Hochberg); <i>p_adjusted</i> is the adjusted value.</p>"
-        if "p_adjusted" in verdicts
-        else ""
-    )
+def _page(
+    study: Study, runs: pd.DataFrame, phenomena: list[Phenomenon], verdicts: pd.DataFrame, sections: list[str]
+) -> str:
     body = (
-        _study_header(study, runs)
-        + "<h2>Verdicts</h2>"
+        _study_header(study, runs, phenomena, verdicts)
+        + "<h2 id='verdicts'>Verdicts</h2>"
+        + _legend(verdicts)
         + _verdict_table(verdicts)
-        + bh
-        + "".join(f"<section>{s}</section>" for s in sections)
+        + "".join(f"<section class='phenomenon'>{s}</section>" for s in sections)
     )
+    colours = "\n".join(f".v-{v} {{ background: {c}; }}" for v, c in VERDICT_COLOURS.items())
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{_e(study.title)}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }}
-table.verdicts {{ border-collapse: collapse; font-size: 0.9em; margin: 1em 0; }}
-table.verdicts td, table.verdicts th {{ border: 1px solid #ccc; padding: 3px 7px; text-align: left; }}
-figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 520px; }}
-p.note {{ color: #555; font-size: 0.9em; }} code {{ background: #f3f3f3; padding: 1px 4px; }}
+body {{ font-family: system-ui, sans-serif; max-width: 1150px; margin: 2em auto; padding: 0 1em; color: #222; }}
+table {{ border-collapse: collapse; font-size: 0.88em; margin: 0.8em 0; }}
+td, th {{ border: 1px solid #ccc; padding: 3px 7px; text-align: left; vertical-align: top; }}
+th {{ background: #f4f4f4; }}
+figure {{ display: inline-block; margin: 0.5em; vertical-align: top; }} img {{ max-width: min(760px, 100%); }}
+figcaption {{ font-size: 0.85em; color: #555; max-width: 760px; }}
+p.note, p.description {{ color: #555; font-size: 0.9em; }} code {{ background: #f3f3f3; padding: 1px 4px; }}
+.chip {{ display: inline-block; padding: 2px 8px; margin-right: 6px; border: 1px solid #ccc; border-radius: 3px; }}
+section.phenomenon {{ border-top: 2px solid #ddd; margin-top: 2em; }}
+span.run {{ display: inline-block; margin-right: 8px; font-size: 0.9em; }}
+{colours}
 </style></head><body>
 {body}
 </body></html>
 """
 
 
+# --- formatting ------------------------------------------------------------------------
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _pct(value: Any) -> str:
+    return f"{float(value):.0%}" if _finite(value) else ""
+
+
 def _fmt(value: Any) -> str:
-    if value is None or (isinstance(value, float) and value != value):
+    if value is None or (isinstance(value, float | np.floating) and value != value):
         return ""
-    if isinstance(value, float):
+    if isinstance(value, float | np.floating):
         return f"{value:.3g}"
     return str(value)
+
+
+def _sort_key(value: Any) -> tuple:
+    return (0, float(value), "") if isinstance(value, int | float | np.number) else (1, 0.0, str(value))
 
 
 def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+def _anchor(name: str) -> str:
+    return "ph-" + _slug(name)
+
+
 def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(name))
