@@ -76,23 +76,48 @@ def plan_command(
     spec: SpecArg,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     yes: Annotated[bool, typer.Option("--yes", help="list a sweep of more than 10,000 runs")] = False,
+    tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Expand the grid into runs, each with its run key."""
+    """Expand the design into runs (run key, steps, compute), with the total compute and,
+    once some runs have finished, the time the rest should take."""
     from scalesweep.plan import plan
 
     loaded = _load(spec)
     _confirm_size(spec, loaded.n_runs, yes, "list")
     runs = plan(loaded)
     if as_json:
-        rows = [{"run_key": r.run_key, "label": r.label, **r.axes_row(), "config": r.content()} for r in runs]
+        rows = [
+            {"run_key": r.run_key, "label": r.label, **r.axes_row(), "compute": r.compute, "config": r.content()}
+            for r in runs
+        ]
         print(json.dumps(rows, indent=1))
         return
     table = Table(title=f"{len(runs)} runs")
-    for column in ["run_key", "model_size", "data_size", "seed", *runs[0].grid]:
+    for column in ["run_key", "model_size", "data_size", "seed", *runs[0].grid, "steps", "FLOPs"]:
         table.add_column(column)
     for run in runs:
-        table.add_row(run.run_key, *(escape(str(v)) for v in run.axes_row().values()))
+        cells = [*(escape(str(v)) for v in run.axes_row().values()), str(run.training.steps), f"{run.compute:.3g}"]
+        table.add_row(run.run_key, *cells)
     out.print(table)
+    _print_preview(loaded, runs, tracking_uri)
+
+
+def _print_preview(loaded, runs, tracking_uri: str | None) -> None:
+    from scalesweep.preview import estimate_time, format_seconds
+
+    out.print(f"{len(runs)} runs, about {sum(r.compute for r in runs):.3g} FLOPs in all", highlight=False)
+    estimate = estimate_time(loaded, runs, tracking_uri)
+    if estimate is None:
+        out.print("time: unknown until some runs have finished (then `scalesweep plan` estimates it)")
+    elif estimate.remaining == 0:
+        out.print(f"time: all {estimate.finished} runs have finished")
+    else:
+        out.print(
+            f"time: about {format_seconds(estimate.wall_seconds)} for the {estimate.remaining} runs left "
+            f"({format_seconds(estimate.run_seconds)} of training on {estimate.slots} parallel slot(s)), "
+            f"from the speed of {estimate.finished} finished runs",
+            highlight=False,
+        )
 
 
 @app.command()
@@ -154,6 +179,70 @@ def report(
     path, verdicts = report_sweep(_load(spec), tracking_uri=tracking_uri, out_dir=out_dir)
     _print_verdicts(verdicts)
     out.print(f"report: {path}", highlight=False)
+
+
+@app.command()
+@user_errors
+def refine(
+    spec: SpecArg,
+    budget: Annotated[int, typer.Option("--budget", min=1, help="add at most this many runs")] = 8,
+    address: AddressOpt = None,
+    tracking_uri: TrackingOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the proposal, run nothing")] = False,
+) -> None:
+    """Add at most --budget runs where the verdicts are least sure, run them, and re-report."""
+    from scalesweep.execute import run_sweep
+    from scalesweep.refine import current_verdicts, propose, record
+    from scalesweep.study import report_sweep
+
+    loaded = _load(spec)
+    runs, verdicts, phenomena, axes, grid = current_verdicts(loaded, tracking_uri)
+    proposals = propose(loaded, runs, verdicts, phenomena, budget, axes, grid)
+    if not proposals:
+        out.print("refine: no verdict would gain from more runs (no bracketed transition, no lack of seeds)")
+        return
+    table = Table(title=f"{sum(len(p.points) for p in proposals)} runs to add (budget {budget})")
+    for column in ["kind", "phenomenon", "axis", "slice", "runs", "why"]:
+        table.add_column(column, overflow="fold")
+    for p in proposals:
+        table.add_row(p.kind, p.phenomenon, p.axis, p.slice, str(len(p.points)), p.reason)
+    out.print(table)
+    if dry_run:
+        return
+    out.print(f"recorded in {record(spec, proposals)}", highlight=False)
+    loaded = _load(spec)
+    outcome = run_sweep(loaded, address=address, tracking_uri=tracking_uri, console=err)
+    out.print(f"{loaded.name}: {outcome.finished} finished, {outcome.failed} failed (of {outcome.planned})")
+    path, verdicts = report_sweep(loaded, tracking_uri=tracking_uri)
+    _print_verdicts(verdicts)
+    out.print(f"report: {path}", highlight=False)
+    if not outcome.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def isoflop(
+    spec: SpecArg,
+    tracking_uri: TrackingOpt = None,
+    loss: Annotated[str, typer.Option("--loss", help="the loss column to minimise")] = "final_test_loss",
+) -> None:
+    """IsoFLOP analysis: loss-optimal model size per budget, and N_opt ∝ C^a, D_opt ∝ C^b."""
+    from scalesweep.analysis.isoflop import isoflop_study
+
+    optima, exponents = isoflop_study(_load(spec), tracking_uri=tracking_uri, loss=loss)
+    table = Table(title="loss-optimal model size per compute budget (95% bootstrap interval)")
+    for column in ["budget (FLOPs)", "N_opt", "N low", "N high", "D_opt", "sizes", "note"]:
+        table.add_column(column)
+    for row in optima.itertuples():
+        note = "minimum at an end: widen model_size" if row.at_edge else ""
+        cells = [row.budget, row.n_opt, row.n_low, row.n_high, row.d_opt]
+        table.add_row(*(f"{v:.3g}" for v in cells), str(row.n_sizes), note)
+    out.print(table)
+    if exponents is not None:
+        e = exponents
+        out.print(f"N_opt ∝ C^{e.a:.3f} [{e.a_low:.3f}, {e.a_high:.3f}]", highlight=False)
+        out.print(f"D_opt ∝ C^{e.b:.3f} [{e.b_low:.3f}, {e.b_high:.3f}] over {e.n_budgets} budgets", highlight=False)
 
 
 @app.command()

@@ -79,7 +79,10 @@ def _train_task(configs: list[dict[str, Any]], gpus_per_run: float) -> Iterator[
     runs = [RunConfig.model_validate(c) for c in configs]
     for config in runs:
         yield {"run_key": config.run_key, "kind": "started"}
-    yield from train_runs(runs, gpus_per_run)
+    # A loop, not `yield from`: Ray sends values into streaming generators, and a
+    # delegated `yield from` would pass them on to inner list iterators, which fail.
+    for event in train_runs(runs, gpus_per_run):  # noqa: UP028
+        yield event
 
 
 # ---------------------------------------------------------------- the sweep

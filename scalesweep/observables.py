@@ -96,11 +96,15 @@ def _lookup(name: str) -> Observable:
 
 
 def _load_user(name: str) -> Observable:
+    """Import a user's `module:function` summary. Called only for names the spec lists, so no
+    module runs code in a sweep that does not name it."""
     module_name, _, func_name = name.partition(":")
     try:
         func = getattr(importlib.import_module(module_name), func_name)
-    except (ImportError, AttributeError) as err:
+    except (ImportError, AttributeError, TypeError, ValueError) as err:
         raise UserError(f'cannot load the user observable "{name}" ({err}); give it as module:function.') from None
+    if not callable(func):
+        raise UserError(f'the user observable "{name}" is not a function; give it as module:function.')
     return Observable(name, summary=func)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from scalesweep.spec import SweepSpec, TrainingSpec
+from scalesweep.spec import RefinePoint, SweepSpec, TrainingSpec
 
 
 class RunConfig(BaseModel):
@@ -58,6 +58,18 @@ class RunConfig(BaseModel):
         parts += [f"{k}={v}" for k, v in self.grid.items()]
         return " ".join(parts + [f"seed={self.seed}"])
 
+    @property
+    def examples_seen(self) -> int:
+        """Examples the optimiser sees: steps x batch (a batch as large as the set is the set)."""
+        return self.training.steps * min(self.training.batch_size, self.data_size)
+
+    @property
+    def compute(self) -> float:
+        """Training FLOPs, 6 x measured n_params x examples seen (not part of the run key)."""
+        from scalesweep.isoflop import compute_of
+
+        return compute_of(self)
+
     def axes_row(self) -> dict[str, Any]:
         """The point's coordinates as flat columns of the runs table."""
         return {"model_size": self.model_size, "data_size": self.data_size, "seed": self.seed, **self.grid}
@@ -69,16 +81,39 @@ def stable_hash(content: dict[str, Any]) -> str:
 
 
 def plan(spec: SweepSpec) -> list[RunConfig]:
-    """Expand the spec into runs: model_size x data_size x grid x seeds."""
-    base = spec.model_dump(mode="json")
+    """Expand the spec into runs: per grid slice, the design's points (grid: model_size x
+    data_size x seeds; isoflop: budgets x model sizes x seeds, see isoflop.py), then the
+    points `scalesweep refine` added; each run key once."""
+    base = spec.model_dump(mode="json", exclude={"design", "refinements"})
     grid_paths = list(spec.grid)
     runs = []
     for grid_values in itertools.product(*spec.grid.values()):
         resolved = _apply_grid(base, dict(zip(grid_paths, grid_values, strict=True)))
         labels = {path.split(".")[-1]: value for path, value in zip(grid_paths, grid_values, strict=True)}
+        if spec.design.kind == "isoflop":
+            from scalesweep.isoflop import isoflop_runs
+
+            runs.extend(isoflop_runs(spec, resolved, labels))
+            continue
         for width, size, seed in itertools.product(spec.axes.model_size, spec.axes.data_size, spec.axes.seed_list):
             runs.append(_run_config(spec.name, resolved, width, size, seed, labels))
-    return runs
+    unique: dict[str, RunConfig] = {}
+    for run in runs + [_refined(spec, base, point) for point in spec.refinements]:
+        unique.setdefault(run.run_key, run)
+    return list(unique.values())
+
+
+def _refined(spec: SweepSpec, base: dict[str, Any], point: RefinePoint) -> RunConfig:
+    """The run of a point added by `scalesweep refine`, in its grid slice."""
+    paths = {path.split(".")[-1]: path for path in spec.grid}
+    resolved = _apply_grid(base, {paths[name]: value for name, value in point.grid.items() if name in paths})
+    labels = {name: value for name, value in point.grid.items() if name in paths}
+    if point.budget is not None:
+        from scalesweep.isoflop import isoflop_run
+
+        return isoflop_run(spec.name, resolved, labels, point.model_size, point.budget, point.seed)
+    size = point.data_size if point.data_size is not None else spec.axes.data_size[0]
+    return _run_config(spec.name, resolved, point.model_size, size, point.seed, labels)
 
 
 def _apply_grid(base: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:

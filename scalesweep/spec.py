@@ -10,15 +10,20 @@ night of compute.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from scalesweep import safe_yaml
 from scalesweep.errors import UserError, did_you_mean
 
 MAX_RUNS_WITHOUT_CONFIRM = 10_000
+MAX_RUNS = 10**9
+MAX_SIZE = 10**9  # a width or a number of examples; beyond this no run fits in memory
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
+USER_OBSERVABLE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 
 
 class StrictModel(BaseModel):
@@ -60,14 +65,14 @@ class AxesSpec(StrictModel):
     """The scale knobs. `model_size` is the family's width knob."""
 
     model_size: list[int] = Field(min_length=1)
-    data_size: list[int] = Field(min_length=1)
+    data_size: list[int] = Field(default_factory=list, description="required by the grid design; isoflop sets it")
     seeds: int | list[int] = 1
 
     @field_validator("model_size", "data_size")
     @classmethod
     def _positive_distinct(cls, values: list[int]) -> list[int]:
-        if any(v <= 0 for v in values):
-            raise ValueError(f"sizes must be positive integers, got {values}")
+        if any(not 0 < v <= MAX_SIZE for v in values):
+            raise ValueError(f"sizes must be positive integers up to {MAX_SIZE:,}, got {values}")
         if len(set(values)) != len(values):
             raise ValueError(f"sizes must be distinct, got {values}")
         return sorted(values)
@@ -79,6 +84,8 @@ class AxesSpec(StrictModel):
             raise ValueError(f"a seed count must be between 1 and 1000, got {seeds}")
         if isinstance(seeds, list) and (not seeds or len(set(seeds)) != len(seeds)):
             raise ValueError(f"a seed list must be non-empty and distinct, got {seeds}")
+        if isinstance(seeds, list) and any(not 0 <= s <= MAX_SEED for s in seeds):
+            raise ValueError(f"seeds must be between 0 and {MAX_SEED}, got {seeds}")
         return seeds
 
     @property
@@ -130,10 +137,54 @@ class ResourcesSpec(StrictModel):
         return cpus, gpus
 
 
+class DesignSpec(StrictModel):
+    """How scale points are chosen. `grid` (default): every model_size x data_size.
+    `isoflop` (Hoffmann et al. 2022, approach 2): per compute budget C in FLOPs, every
+    model size trained on C / (6 n_params) examples; `scalesweep/isoflop.py` says how."""
+
+    kind: Literal["grid", "isoflop"] = "grid"
+    budgets: list[float] = Field(default_factory=list, description="compute budgets C in FLOPs (isoflop only)")
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets(cls, budgets: list[float]) -> list[float]:
+        if any(not math.isfinite(b) or b <= 0 for b in budgets) or len(set(budgets)) != len(budgets):
+            raise ValueError(f"budgets must be distinct positive FLOP counts, e.g. [1e9, 4e9], got {budgets}")
+        return sorted(budgets)
+
+    @model_validator(mode="after")
+    def _budgets_match_kind(self) -> DesignSpec:
+        if self.kind == "isoflop" and not self.budgets:
+            raise ValueError("an isoflop design needs budgets: a list of compute budgets in FLOPs, e.g. [1e9, 4e9]")
+        if self.kind == "grid" and self.budgets:
+            raise ValueError('budgets belong to kind "isoflop"; a grid design takes its sizes from axes')
+        return self
+
+
+class RefinePoint(StrictModel):
+    """One run added by `scalesweep refine`, kept in `<spec>.refine.yaml` (see refine.py)."""
+
+    model_size: int = Field(ge=1)
+    data_size: int | None = Field(default=None, ge=1, description="grid design")
+    budget: float | None = Field(default=None, gt=0, description="isoflop design")
+    seed: int
+    grid: dict[str, Any] = Field(default_factory=dict, description="short grid name -> value of the slice")
+    reason: str = ""
+
+
 class TrackingSpec(StrictModel):
     uri: str | None = None
     experiment: str | None = None
     curves_figure: bool = True  # a curves.png per child run (about 0.1 s of the driver's time per run)
+
+    @field_validator("uri")
+    @classmethod
+    def _local_store_inside(cls, uri: str | None) -> str | None:
+        if uri is not None:
+            local = _local_path_of_uri(uri)
+            if local is not None:
+                check_inside_workdir(local, "tracking.uri")
+        return uri
 
 
 # Cheap enough to run on every sweep; each is NaN where the model lacks what it reads
@@ -166,16 +217,48 @@ class SweepSpec(StrictModel):
     resources: ResourcesSpec = ResourcesSpec()
     tracking: TrackingSpec = TrackingSpec()
     max_retries: int = Field(default=1, ge=0, le=20)
+    design: DesignSpec = DesignSpec()
+    refinements: list[RefinePoint] = Field(default_factory=list, description="runs added by `scalesweep refine`")
+
+    @model_validator(mode="after")
+    def _axes_fit_design(self) -> SweepSpec:
+        if self.design.kind == "grid" and not self.axes.data_size:
+            raise ValueError("axes.data_size is required (a list of training-set sizes) unless design.kind is isoflop")
+        if self.design.kind == "isoflop" and self.axes.data_size:
+            raise ValueError(
+                "an isoflop design sets each run's data size from its budget; remove axes.data_size "
+                "(see docs/designs.md)"
+            )
+        return self
+
+    @field_validator("name")
+    @classmethod
+    def _printable(cls, name: str) -> str:
+        if not name.isprintable() or not name.strip():
+            raise ValueError("a sweep name must be printable text without control characters or line breaks")
+        return name
 
     @field_validator("observables")
     @classmethod
     def _known_observables(cls, names: list[str]) -> list[str]:
+        """Names only: a user observable (module:function) is imported by the worker, never here."""
         from scalesweep.observables import OBSERVABLES
 
         for name in names:
+            if ":" in name and not USER_OBSERVABLE.fullmatch(name):
+                raise ValueError(f'"{name}" is not of the form module:function (e.g. mypackage.metrics:margin)')
             if ":" not in name and name not in OBSERVABLES:
                 raise ValueError(_unknown("observable", name, OBSERVABLES))
         return names
+
+    @field_validator("phenomena")
+    @classmethod
+    def _phenomenon_files_inside(cls, refs: list[str | PhenomenonRef]) -> list[str | PhenomenonRef]:
+        for ref in refs:
+            name = ref if isinstance(ref, str) else ref.name
+            if name.endswith((".yaml", ".yml")) or "/" in name or "\\" in name:
+                check_inside_workdir(name, "phenomena")
+        return refs
 
     @field_validator("grid")
     @classmethod
@@ -188,6 +271,21 @@ class SweepSpec(StrictModel):
                 raise ValueError(f'grid dimensions share the short name "{path.split(".")[-1]}"')
             _check_grid_path(path)
         return grid
+
+    @model_validator(mode="after")
+    def _grid_values_valid(self) -> SweepSpec:
+        """Each grid value must be valid where it goes, or the planner would fail on it later."""
+        for path, values in self.grid.items():
+            for value in values:
+                _check_grid_value(self, path, value)
+        return self
+
+    @property
+    def n_runs(self) -> int:
+        """How many runs `plan` would expand to, counted without expanding."""
+        n_grid = math.prod(len(v) for v in self.grid.values())
+        n_data = len(self.axes.data_size) or len(self.design.budgets)  # an isoflop design: one profile per budget
+        return n_grid * len(self.axes.model_size) * n_data * len(self.axes.seed_list) + len(self.refinements)
 
     @property
     def phenomenon_refs(self) -> list[PhenomenonRef]:
@@ -205,13 +303,67 @@ def _check_grid_path(path: str) -> None:
     """A grid dimension is a dotted path into the spec, e.g. training.weight_decay."""
     if path.startswith(("task.params.", "model.params.")) and path.count(".") == 2:
         return
+    if path == "model.parametrization":
+        return
     head, _, field = path.partition(".")
     if head == "training" and field in TrainingSpec.model_fields:
         return
-    valid = [f"training.{f}" for f in TrainingSpec.model_fields] + ["task.params.<name>", "model.params.<name>"]
+    valid = [f"training.{f}" for f in TrainingSpec.model_fields]
+    valid += ["task.params.<name>", "model.params.<name>", "model.parametrization"]
     raise ValueError(
         f'grid dimension "{path}" is not a sweepable field{did_you_mean(path, valid)}; valid: {", ".join(valid)}'
     )
+
+
+def _check_grid_value(spec: SweepSpec, path: str, value: Any) -> None:
+    head, _, leaf = path.rpartition(".")
+    if path == "model.parametrization":
+        try:
+            ModelSpec.model_validate({**spec.model.model_dump(), "parametrization": value})
+        except ValidationError as err:
+            raise ValueError(f'grid dimension "{path}": {err.errors()[0]["msg"]} (given: {_short(value)})') from None
+        return
+    if head == "training":
+        try:
+            TrainingSpec.model_validate({**spec.training.model_dump(), leaf: value})
+        except ValidationError as err:
+            msg = err.errors()[0]["msg"]
+            raise ValueError(f'grid dimension "{path}": {msg} (given: {_short(value)})') from None
+        return
+    from scalesweep.zoo import FAMILIES, TASKS
+
+    if head == "task.params":
+        model, params, owner = TASKS[spec.task.name].params_model, spec.task.params, f'task "{spec.task.name}"'
+    else:
+        model, params, owner = (
+            FAMILIES[spec.model.family].params_model,
+            spec.model.params,
+            f'family "{spec.model.family}"',
+        )
+    _validate_params(model, {**params, leaf: value}, f'grid dimension "{path}": {owner}')
+
+
+def _local_path_of_uri(uri: str) -> str | None:
+    """The file path a tracking URI writes to (sqlite:///, file:, a bare path), or None for a server."""
+    if uri.startswith("sqlite:///"):
+        return uri.removeprefix("sqlite:///")
+    if uri.startswith("file://"):
+        return uri.removeprefix("file://")
+    if uri.startswith("file:"):
+        return uri.removeprefix("file:")
+    return None if re.match(r"[A-Za-z][\w+.-]*://", uri) else uri
+
+
+def check_inside_workdir(path: str, field: str) -> None:
+    """A relative path in a spec must stay inside the working directory; absolute paths are explicit."""
+    if Path(path).is_absolute():
+        return
+    cwd = Path.cwd().resolve()
+    if not (cwd / path).resolve().is_relative_to(cwd):
+        raise ValueError(
+            f'the relative path "{path}" leads outside the working directory {cwd}; '
+            f"give an absolute path if you mean a file elsewhere"
+        )
 
 
 def _validate_params(params_model: type[BaseModel], params: dict[str, Any], owner: str) -> None:
@@ -243,19 +395,38 @@ def load_spec(path: str | Path) -> SweepSpec:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: cannot read the spec ({err}).") from None
-    return parse_spec(text, source=str(path))
+    spec = parse_spec(text, source=str(path))
+    added = read_refinements(refine_path(path))
+    return spec.model_copy(update={"refinements": [*spec.refinements, *added]}) if added else spec
+
+
+def refine_path(spec_path: str | Path) -> Path:
+    """The sidecar where `scalesweep refine` records the runs it added: sweeps/x.yaml -> sweeps/x.refine.yaml."""
+    return Path(spec_path).with_suffix(".refine.yaml")
+
+
+def read_refinements(path: Path) -> list[RefinePoint]:
+    """The points of a refine sidecar ([] when there is none)."""
+    if not path.is_file():
+        return []
+    data = safe_yaml.load(path.read_text(encoding="utf-8"), str(path)) or {}
+    try:
+        return [RefinePoint.model_validate(p) for p in (data.get("refinements") or [])]
+    except (ValidationError, AttributeError) as err:
+        raise UserError(
+            f"{path}: not a refine record ({_one_line_error(err)}). It is written by `scalesweep refine`; "
+            f"delete it to drop the added runs from the plan (they stay in MLflow)."
+        ) from None
+
+
+def _one_line_error(err: Exception) -> str:
+    return " ".join(str(err).split())[:300]
 
 
 def parse_spec(text: str, source: str = "<spec>") -> SweepSpec:
-    """Validate spec text (YAML). Only yaml.safe_load is used: a spec cannot run code."""
-    if len(text) > 1_000_000:
-        raise UserError(f"{source}: the spec is larger than 1 MB; a sweep spec is a short YAML file.")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise UserError(f"{source}: not valid YAML ({_one_line(str(err))}).") from None
-    except RecursionError:
-        raise UserError(f"{source}: the YAML nests too deeply to be a sweep spec.") from None
+    """Validate spec text (YAML). Only a safe loader is used (a spec cannot run code), after a
+    check that anchors and aliases do not expand it past what a spec holds (see safe_yaml)."""
+    data = safe_yaml.load(text, source)
     if not isinstance(data, dict):
         raise UserError(
             f"{source}: a spec is a YAML mapping with at least name, task, model and axes; got {type(data).__name__}."
@@ -273,20 +444,21 @@ def parse_spec(text: str, source: str = "<spec>") -> SweepSpec:
 
 
 def _check_size(spec: SweepSpec, source: str) -> None:
-    n_grid = math.prod(len(v) for v in spec.grid.values()) if spec.grid else 1
-    if n_grid * len(spec.axes.model_size) * len(spec.axes.data_size) * len(spec.axes.seed_list) > 10**9:
-        raise UserError(f"{source}: the grid has more than a billion runs; shrink the axes or the grid.")
+    if spec.n_runs > MAX_RUNS:
+        raise UserError(
+            f"{source}: the grid has {spec.n_runs:,} runs, more than {MAX_RUNS:,}; shrink the axes or grid."
+        )
 
 
 def describe_validation_error(err: ValidationError, source: str) -> str:
     """Turn pydantic's errors into one readable paragraph (first three problems)."""
     problems = [_describe_one(e) for e in err.errors()[:3]]
     more = f" ({len(err.errors()) - 3} more problems not shown.)" if len(err.errors()) > 3 else ""
-    return f"{source}: " + " ".join(problems) + more
+    return _visible(f"{source}: " + " ".join(problems) + more)
 
 
 def _describe_one(error: dict[str, Any]) -> str:
-    loc = [str(part) for part in error["loc"]]
+    loc = [_visible(str(part)) for part in error["loc"]]
     field = ".".join(loc) or "(top level)"
     given = error.get("input")
     if error["type"] == "extra_forbidden":
@@ -296,6 +468,10 @@ def _describe_one(error: dict[str, Any]) -> str:
     if error["type"] == "missing":
         return f'missing required field "{field}".'
     message = error["msg"].removeprefix("Value error, ")
+    if not loc:  # a check across fields: its message names them
+        return f"{message}."
+    if "(given: " in message:  # a nested check already showed the offending value
+        return f'field "{field}": {message}.'
     return f'field "{field}": {message} (given: {_short(given)}).'
 
 
@@ -312,10 +488,11 @@ def _valid_fields(loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
+def _visible(text: str) -> str:
+    """A field name as typed, with control characters (a newline in a key) shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())

@@ -54,9 +54,9 @@ def test_tiny_sweep_run_record_report_and_resume(workdir):
     assert list(verdicts.columns[: len(VERDICT_COLUMNS)]) == VERDICT_COLUMNS
     assert set(verdicts["verdict"]) <= set(VERDICTS)
     assert set(verdicts["phenomenon"]) == {"grokking", "generalization_gap"}
-    assert set(verdicts["axis"]) == {"model_size", "data_size"}
+    assert set(verdicts["axis"]) == {"model_size", "data_size", "compute"}  # compute: the diagonal
     page = (workdir / "reports" / "tiny" / "report.html").read_text(encoding="utf-8")
-    assert page.count("data-kind='strength'") == 4 and page.count("data-kind='phases'") == 1  # grokking has regimes
+    assert page.count("data-kind='strength'") == 6 and page.count("data-kind='phases'") == 1  # grokking has regimes
     assert all(r.info.run_id in page for r in children)  # the runs behind each point
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
     assert {"report/report.html", "report/verdicts.csv", "report/figures"} <= artifacts

@@ -27,7 +27,8 @@ def mutate(path: list[str], value) -> str:
 
 def test_shipped_specs_are_valid():
     for path in sorted((REPO / "sweeps").glob("*.yaml")):
-        assert load_spec(path).name
+        if not path.name.endswith(".refine.yaml"):  # a refine sidecar, merged into its spec
+            assert load_spec(path).name
 
 
 def test_good_spec_loads_with_defaults():

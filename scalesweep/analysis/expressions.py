@@ -75,19 +75,29 @@ def truth(value) -> np.ndarray:
     return (arr != 0) & ~np.isnan(arr)
 
 
+MAX_LENGTH = 2000  # a formula is one line; this also bounds how deep it can nest
+
+
 def _fail(expr: str, why: str) -> UserError:
-    return UserError(f'invalid expression "{expr}": {why}.')
+    shown = expr if len(expr) <= 200 else expr[:197] + "..."
+    return UserError(f'invalid expression "{shown}": {why}.')
 
 
 def parse(expr: str) -> ast.Expression:
     """Parse `expr` and check every node against the whitelist."""
     if not isinstance(expr, str) or not expr.strip():
         raise _fail(str(expr), "it is empty")
+    if len(expr) > MAX_LENGTH:
+        raise _fail(expr, f"it is longer than {MAX_LENGTH} characters")
     try:
         tree = ast.parse(expr.strip(), mode="eval")
+        _Checker(expr).visit(tree)
     except SyntaxError as err:
         raise _fail(expr, f"syntax error ({err.msg})") from None
-    _Checker(expr).visit(tree)
+    except ValueError as err:  # e.g. a null byte, on older Pythons
+        raise _fail(expr, str(err)) from None
+    except (RecursionError, MemoryError):
+        raise _fail(expr, "it nests too deeply") from None
     return tree
 
 
@@ -125,6 +135,8 @@ class _Checker(ast.NodeVisitor):
         ok = isinstance(node.value, int | float) and not isinstance(node.value, complex)
         if not ok:
             raise _fail(self.expr, f"only numbers are allowed as literals, not {node.value!r}")
+        if isinstance(node.value, int) and abs(node.value) > 1e308:
+            raise _fail(self.expr, "a number in it is too large")
 
     def visit_Call(self, node):
         name = node.func.id if isinstance(node.func, ast.Name) else None
@@ -228,8 +240,11 @@ def evaluate(expr: str, df: pd.DataFrame, params: Mapping[str, float] | None = N
     `UserError` for anything outside the language or for unknown names.
     """
     tree = parse(expr)
-    with np.errstate(all="ignore"):
-        value = _Evaluator(expr, df, params or {}).run(tree)
+    try:
+        with np.errstate(all="ignore"):
+            value = _Evaluator(expr, df, params or {}).run(tree)
+    except RecursionError:
+        raise _fail(expr, "it nests too deeply") from None
     arr = np.asarray(value)
     if arr.ndim == 0:
         arr = np.full(len(df), arr.item(), dtype=arr.dtype)

@@ -43,8 +43,9 @@ def _row(run) -> dict:
     prefix = f"{track.TAG}."
     row: dict = {"run_id": run.info.run_id, "status": run.info.status, "run_name": tags.get("mlflow.runName", "")}
     for name, value in tags.items():
-        if name.startswith(prefix) and name.removeprefix(prefix) not in ("role", "sweep", "ensemble_key", "error"):
-            row[name.removeprefix(prefix)] = _number(value)
+        key = name.removeprefix(prefix)
+        if name.startswith(prefix) and key not in ("role", "sweep", "ensemble_key", "error"):
+            row[key] = value if key == "run_key" else _number(value)  # a hex key may look like 12e4...
     row.update(run.data.metrics)
     return row
 

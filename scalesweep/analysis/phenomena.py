@@ -22,9 +22,9 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from scalesweep import safe_yaml
 from scalesweep.analysis import expressions
 from scalesweep.errors import UserError, did_you_mean, unknown_name
 
@@ -100,12 +100,12 @@ def list_phenomena(search_dirs: Iterable[str | Path] | None = None) -> list[str]
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    """A safe loader only, with the spec's limits on aliases and depth (see safe_yaml)."""
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise UserError(f"phenomenon file {path} is not valid YAML: {err}") from None
-    except OSError as err:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"cannot read phenomenon file {path}: {err}") from None
+    data = safe_yaml.load(text, f"phenomenon file {path}")
     if not isinstance(data, dict):
         raise UserError(f"phenomenon file {path} must hold a mapping of fields.")
     return data

@@ -1,0 +1,108 @@
+"""Plan preview: what a sweep will cost before it runs.
+
+`scalesweep plan` shows the number of runs and their estimated compute
+(6 · n_params · examples seen, `RunConfig.compute`) for any design, and, once
+some runs of the sweep have finished in the tracking store, the time the
+rest should take, from the finished runs' measured `train_seconds`.
+
+Small models on a CPU are dominated by per-step overhead, large ones by
+FLOPs, so the run time is modelled as seconds = a · steps + b · FLOPs, fitted
+by non-negative least squares (`scipy.optimize.nnls`) over finished runs: a
+FLOPs-only rate would be off by orders of magnitude across widths.
+The preview never creates a tracking store: it reads one only if the sqlite
+file exists or the server answers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import nnls
+
+from scalesweep.plan import RunConfig
+from scalesweep.spec import SweepSpec
+
+
+@dataclass
+class TimeEstimate:
+    finished: int  # runs measured
+    remaining: int  # planned runs not finished yet
+    run_seconds: float  # summed over the remaining runs
+    slots: int  # runs this machine trains at once
+    wall_seconds: float
+
+
+def existing_store(tracking_uri: str | None) -> str | None:
+    """The resolved URI when it holds a store already, else None (never creates one)."""
+    from scalesweep import track
+
+    uri = track.resolve_uri(tracking_uri)
+    if uri.startswith("sqlite:///"):
+        return uri if Path(uri.removeprefix("sqlite:///")).is_file() else None
+    if uri.startswith(("http://", "https://")):
+        return uri if track.server_answers(uri, timeout=2.0) else None
+    return uri
+
+
+def estimate_time(spec: SweepSpec, runs: list[RunConfig], tracking_uri: str | None) -> TimeEstimate | None:
+    """Time left for the planned runs, from the finished ones (None when none has finished)."""
+    uri = existing_store(tracking_uri or spec.tracking.uri)
+    if uri is None:
+        return None
+    from scalesweep.analysis.load import runs_from_mlflow
+    from scalesweep.errors import UserError
+
+    try:
+        done = runs_from_mlflow(spec.name, spec.experiment_name, uri)
+    except UserError:  # no experiment for this sweep yet
+        return None
+    if done.empty or "train_seconds" not in done.columns:
+        return None
+    by_key = {run.run_key: run for run in runs}
+    measured = [(by_key[k], s) for k, s in _per_run_seconds(done) if k in by_key]
+    if not measured:
+        return None
+    rate = fit_rate([run for run, _ in measured], [s for _, s in measured])
+    finished = {run.run_key for run, _ in measured}
+    left = [run for run in runs if run.run_key not in finished]
+    run_seconds = float(sum(rate @ _features(run) for run in left))
+    slots = parallel_slots(spec)
+    return TimeEstimate(len(measured), len(left), run_seconds, slots, run_seconds / slots)
+
+
+def _per_run_seconds(done) -> list[tuple[str, float]]:
+    """A seed ensemble trains together; its `train_seconds` is shared by its `ensemble_size` runs."""
+    size = done["ensemble_size"] if "ensemble_size" in done.columns else 1.0
+    seconds = (done["train_seconds"] / size).astype(float)
+    keys = done["run_key"].astype(str) if "run_key" in done.columns else []
+    return [(k, s) for k, s in zip(keys, seconds, strict=False) if math.isfinite(s)]
+
+
+def _features(run: RunConfig) -> np.ndarray:
+    return np.array([run.training.steps, run.compute], dtype=float)
+
+
+def fit_rate(runs: list[RunConfig], seconds: list[float]) -> np.ndarray:
+    """(seconds per step, seconds per FLOP), non-negative, scaled so both columns weigh alike."""
+    x = np.stack([_features(run) for run in runs])
+    scale = np.maximum(x.max(axis=0), 1e-30)
+    coef, _ = nnls(x / scale, np.asarray(seconds, dtype=float))
+    return coef / scale
+
+
+def parallel_slots(spec: SweepSpec) -> int:
+    """Runs trained at once on this machine: CPUs per run, capped by max_concurrent."""
+    slots = max(1, int((os.cpu_count() or 1) // spec.resources.cpus_per_run))
+    return min(slots, spec.resources.max_concurrent or slots)
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -1,0 +1,155 @@
+"""IsoFLOP design and analysis: plans hold the budget, the fitted optimum is where it should be."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from scalesweep.analysis.isoflop import fit_exponents, isoflop_optima, isoflop_study
+from scalesweep.errors import UserError
+from scalesweep.isoflop import TOLERANCE, config_n_params
+from scalesweep.plan import plan
+from scalesweep.preview import fit_rate
+from scalesweep.spec import parse_spec
+from tests.conftest import TINY_SPEC, cli, write_spec
+
+ISOFLOP_SPEC = """
+name: iso
+task:
+  name: teacher_student
+  params: {input_dim: 8, n_test: 100}
+model:
+  family: mlp
+  params: {depth: 1}
+axes:
+  model_size: [4, 8, 16, 32, 64]
+  seeds: 2
+design:
+  kind: isoflop
+  budgets: [2e8, 1e9, 5e9]
+training:
+  batch_size: 64
+grid:
+  training.lr: [0.001, 0.01]
+"""
+
+
+def test_isoflop_plan_holds_every_budget_within_tolerance():
+    runs = plan(parse_spec(ISOFLOP_SPEC))
+    assert len(runs) == 3 * 5 * 2 * 2
+    for run in runs:
+        assert abs(run.compute / run.grid["budget"] - 1) <= TOLERANCE
+        assert run.data_size == run.examples_seen  # one epoch-like pass: each example seen about once
+    widths = {run.model_size: config_n_params(run) for run in runs}
+    assert sorted(widths.values()) == [widths[w] for w in sorted(widths)]  # measured, grows with width
+    big, small = (next(r for r in runs if r.model_size == w and r.grid["budget"] == 1e9) for w in (64, 4))
+    assert big.training.steps < small.training.steps  # a bigger model sees less data at equal compute
+
+
+def test_isoflop_plan_refuses_a_budget_integer_steps_cannot_hold():
+    text = ISOFLOP_SPEC.replace("budgets: [2e8, 1e9, 5e9]", "budgets: [1e5]")
+    with pytest.raises(UserError, match="miss the budget"):
+        plan(parse_spec(text))
+
+
+def test_isoflop_spec_must_not_give_data_size_and_grid_must():
+    with pytest.raises(UserError, match="data size from its budget"):
+        parse_spec(ISOFLOP_SPEC.replace("seeds: 2", "seeds: 2\n  data_size: [10, 20]"))
+    with pytest.raises(UserError, match="data_size is required"):
+        parse_spec(TINY_SPEC.format(name="t", steps=5).replace("  data_size: [30, 60, 120]\n", ""))
+    with pytest.raises(UserError, match="needs budgets"):
+        parse_spec(ISOFLOP_SPEC.replace("budgets: [2e8, 1e9, 5e9]", "budgets: []"))
+
+
+def test_grid_runs_get_compute_from_steps_and_measured_params():
+    runs = plan(parse_spec(TINY_SPEC.format(name="t", steps=40)))
+    for run in runs:
+        seen = 40 * min(128, run.data_size)
+        assert run.compute == 6 * config_n_params(run) * seen
+
+
+# ---------------------------------------------------------------- analysis on a known surface
+
+E, A, ALPHA, B, BETA = 1.0, 40.0, 0.5, 300.0, 0.4  # L = E + A/N^alpha + B/D^beta
+BUDGETS = [1e8, 1e9, 1e10]
+STEP = 2.0  # model sizes a factor 2 apart
+
+
+def true_optimum(c: float) -> float:
+    """Argmin over N of L(N, C/6N): closed form N* = G (C/6)^(beta/(alpha+beta))."""
+    g = (ALPHA * A / (BETA * B)) ** (1 / (ALPHA + BETA))
+    return g * (c / 6) ** (BETA / (ALPHA + BETA))
+
+
+def synthetic_runs(rng: np.random.Generator, noise: float = 0.01, seeds: int = 2) -> pd.DataFrame:
+    rows = []
+    for c in BUDGETS:
+        centre = true_optimum(c) * rng.uniform(0.7, 1.4)  # the grid is not centred on the optimum
+        for k in range(-3, 4):
+            n = centre * STEP**k
+            d = c / (6 * n)
+            for seed in range(seeds):
+                loss = E + A / n**ALPHA + B / d**BETA + rng.normal(0, noise)
+                rows.append(dict(budget=c, n_params=n, seed=seed, final_test_loss=loss))
+    return pd.DataFrame(rows)
+
+
+def test_fitted_optimum_lands_within_one_grid_step_of_the_true_one():
+    misses, trials = 0, 40
+    for trial in range(trials):
+        rng = np.random.default_rng(trial)
+        optima, _ = isoflop_optima(synthetic_runs(rng), n_boot=50, rng=trial)
+        for row in optima.itertuples():
+            misses += abs(np.log(row.n_opt / true_optimum(row.budget))) > np.log(STEP)
+    assert misses / (trials * len(BUDGETS)) <= 0.05
+
+
+def test_optimum_is_close_and_exponent_is_recovered_within_its_interval():
+    rng = np.random.default_rng(7)
+    optima, boots = isoflop_optima(synthetic_runs(rng, seeds=3), n_boot=300, rng=1)
+    for row in optima.itertuples():
+        assert row.n_low <= row.n_opt <= row.n_high
+        # the parabola's misfit to this asymmetric profile biases N_opt by a few percent, not more
+        assert abs(np.log(row.n_opt / true_optimum(row.budget))) < np.log(1.15)
+    fit = fit_exponents(optima, boots)
+    want = BETA / (ALPHA + BETA)
+    assert fit.a_low <= want <= fit.a_high
+    assert fit.b == pytest.approx(1 - fit.a)
+
+
+def test_profile_minimum_at_the_edge_is_flagged():
+    runs = synthetic_runs(np.random.default_rng(0), noise=0.001)
+    shifted = runs.assign(n_params=runs["n_params"] * 100)  # true optimum far below the sizes tried
+    shifted["final_test_loss"] = (
+        E + A / shifted["n_params"] ** ALPHA + B / (shifted["budget"] / (6 * shifted["n_params"])) ** BETA
+    )
+    optima, _ = isoflop_optima(shifted, n_boot=20)
+    assert optima["at_edge"].all()
+
+
+def test_exponents_need_two_budgets():
+    optima, boots = isoflop_optima(synthetic_runs(np.random.default_rng(0)).query("budget == 1e9"), n_boot=20)
+    with pytest.raises(UserError, match="2 or more budgets"):
+        fit_exponents(optima, boots)
+
+
+def test_isoflop_analysis_of_a_grid_sweep_says_what_design_it_needs():
+    with pytest.raises(UserError, match="needs design"):
+        isoflop_study(parse_spec(TINY_SPEC.format(name="t", steps=5)))
+
+
+def test_plan_previews_runs_and_total_compute_without_creating_a_store(workdir):
+    spec_path = write_spec(workdir, ISOFLOP_SPEC)
+    shown = cli("plan", str(spec_path), cwd=workdir)
+    assert shown.returncode == 0, shown.stderr
+    total = sum(run.compute for run in plan(parse_spec(ISOFLOP_SPEC)))
+    assert f"60 runs, about {total:.3g} FLOPs in all" in shown.stdout
+    assert "time: unknown" in shown.stdout and not (workdir / "mlflow.db").exists()
+
+
+def test_time_model_recovers_per_step_and_per_flop_costs():
+    runs = plan(parse_spec(ISOFLOP_SPEC))
+    seconds = [2e-3 * run.training.steps + 5e-10 * run.compute for run in runs]
+    per_step, per_flop = fit_rate(runs, seconds)
+    assert per_step == pytest.approx(2e-3, rel=1e-6) and per_flop == pytest.approx(5e-10, rel=1e-6)
