@@ -99,12 +99,17 @@ def _check_sqlite(path: Path) -> None:
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
             db.execute("PRAGMA schema_version").fetchone()
-            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as err:
         raise UserError(
             f"{path} is not a readable MLflow sqlite store ({err}). It may be corrupt or half-written: "
             f"move it aside (your runs' artifacts in ./mlartifacts stay), or pass another --tracking-uri."
         ) from None
+    if tables and "experiments" not in tables:  # another program's database: MLflow would add its tables
+        raise UserError(
+            f"{path} is a sqlite database but not an MLflow store (its tables: {', '.join(sorted(tables)[:5])}). "
+            f"Pass --tracking-uri sqlite:///another.db, or run from another folder."
+        )
 
 
 def client_for(uri: str | None = None) -> MlflowClient:
