@@ -90,13 +90,14 @@ class _Law:
 def write_report(
     out_dir: Path, study: Study, runs: pd.DataFrame, phenomena: list[Phenomenon], verdicts: pd.DataFrame
 ) -> Path:
-    """Write report.html, verdicts.csv and figures/*.png into `out_dir`; return the page's path."""
+    """Write report.html, verdicts.csv, runs.csv and figures/*.png into `out_dir`; return the page's path."""
     runs = classify.usable_runs(runs, [*study.axes, *study.grid])  # the runs the classifier used
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in (out_dir / "figures").glob("*__*.png"):  # figures of an earlier report of this study
         stale.unlink()
     verdicts = stable_columns(verdicts)
     verdicts.to_csv(out_dir / "verdicts.csv", index=False)
+    runs.to_csv(out_dir / "runs.csv", index=False)  # the tidy table: input to `scalesweep fit` / `classify`
     sections = [_phenomenon_section(out_dir, study, runs, ph, verdicts) for ph in phenomena]
     path = out_dir / "report.html"
     path.write_text(_page(study, runs, phenomena, verdicts, sections), encoding="utf-8")
