@@ -62,10 +62,12 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=False, **options)
         return
     check_reachable(address)
-    # Workers on other machines may not have scalesweep installed: ship the package.
-    package = Path(__file__).resolve().parent
+    # Workers on other machines may not have scalesweep installed: ship the package; a
+    # Ray Job's driver already got it with the job (jobs.py), and Ray refuses a second one.
+    in_a_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+    runtime_env = None if in_a_job else {"py_modules": [str(Path(__file__).resolve().parent)]}
     try:
-        ray.init(address=address, runtime_env={"py_modules": [str(package)]}, **options)
+        ray.init(address=address, runtime_env=runtime_env, **options)
     except Exception as err:  # Ray raises several types for a head it cannot join
         raise UserError(
             f"cannot join the Ray cluster at {address} ({type(err).__name__}: {first_line(err)}). "

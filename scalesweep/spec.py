@@ -229,7 +229,23 @@ class SweepSpec(StrictModel):
                 "an isoflop design sets each run's data size from its budget; remove axes.data_size "
                 "(see docs/designs.md)"
             )
+        self._data_sizes_fit_task()
         return self
+
+    def _data_sizes_fit_task(self) -> None:
+        """A data size the task cannot provide would fail every such run: refuse it now.
+        (Skipped when the grid varies the task's parameters: each point has its own limit.)"""
+        from scalesweep.zoo import TASKS
+
+        task = TASKS[self.task.name]
+        if task.max_data_size is None or not self.axes.data_size or any(k.startswith("task.") for k in self.grid):
+            return
+        limit = task.max_data_size(task.params_model.model_validate(self.task.params))
+        if max(self.axes.data_size) > limit:
+            raise ValueError(
+                f"data_size {max(self.axes.data_size)} is more than task {self.task.name} with these params "
+                f"can provide (at most {limit}); lower axes.data_size or enlarge the task (e.g. p or n_bits)"
+            )
 
     @field_validator("name")
     @classmethod

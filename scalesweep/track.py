@@ -97,7 +97,8 @@ def _check_sqlite(path: Path) -> None:
     if not path.exists():
         return
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        # rw, not ro: a driver killed mid-write leaves a hot journal, which only a writer may roll back.
+        with sqlite3.connect(f"file:{path}?mode=rw", uri=True) as db:
             db.execute("PRAGMA schema_version").fetchone()
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as err:

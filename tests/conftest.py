@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -69,3 +75,134 @@ def cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600) -> s
         text=True,
         timeout=timeout,
     )
+
+
+# ---------------------------------------------------------------- servers and processes on loopback
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (the OS picks it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.5) -> bool:
+    """Poll `predicate` until it holds or `timeout` seconds pass; returns whether it held."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def answers(url: str) -> bool:
+    """Whether GET url returns 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment for a child process, without a tracking store or Ray address of our own shell."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    return {**env, "PYTHONUNBUFFERED": "1", **extra}
+
+
+def spawn(args: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start a process in its own session (so that it and everything it starts can be killed together)."""
+    handle = log.open("w", encoding="utf-8")
+    return subprocess.Popen(
+        args, cwd=cwd, env=env or clean_env(), stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def kill_session(process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    """Signal every process of `process`'s session: the ones this test started, nothing else."""
+    sid = process.pid
+    listing = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout.split()
+    pids = [int(pid) for pid, s in zip(listing[::2], listing[1::2], strict=True) if int(s) == sid]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+    if sig == signal.SIGKILL:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=30)
+
+
+def start_mlflow_server(folder: Path, port: int) -> subprocess.Popen:
+    """`mlflow server` on 127.0.0.1:port, sqlite backend and proxied artifacts under `folder`."""
+    args = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
+    args += ["--backend-store-uri", f"sqlite:///{folder}/m.db", "--artifacts-destination", str(folder / "art")]
+    args += ["--workers", "1"]
+    server = spawn(args, folder, folder / f"mlflow-server-{time.time_ns()}.log")
+    if not wait_until(lambda: answers(f"http://127.0.0.1:{port}/health") or server.poll() is not None, 120):
+        kill_session(server)
+        raise RuntimeError(f"mlflow server on port {port} did not answer in 120 s")
+    if server.poll() is not None:
+        raise RuntimeError(f"mlflow server exited with {server.returncode}; see {folder}")
+    return server
+
+
+# ---------------------------------------------------------------- small fast sweeps, read back from MLflow
+
+FAST_SPEC = """
+name: {name}
+task: {{name: modular_arithmetic, params: {{p: 7, op: "+"}}}}
+model: {{family: mlp, params: {{depth: 1, embed_dim: 4}}}}
+axes: {{model_size: {widths}, data_size: {sizes}, seeds: {seeds}}}
+training: {{steps: {steps}, batch_size: 64, lr: {lr}, optimizer: {optimizer}, eval_every: 10}}
+observables: [loss, accuracy]
+resources: {{cpus_per_run: {cpus}}}
+tracking: {{curves_figure: false}}
+max_retries: 1
+{extra}
+"""
+
+
+def fast_spec(
+    name: str,
+    widths: tuple[int, ...] = (4, 8),
+    sizes: tuple[int, ...] = (20, 30),
+    seeds: int = 2,
+    steps: int = 20,
+    lr: float = 0.01,
+    optimizer: str = "adamw",
+    cpus: float = 0.5,
+    extra: str = "",
+) -> str:
+    """A sweep of tiny MLPs on p=7 modular addition: seconds per run, for tests of the machinery."""
+    return FAST_SPEC.format(
+        name=name,
+        widths=list(widths),
+        sizes=list(sizes),
+        seeds=seeds,
+        steps=steps,
+        lr=lr,
+        optimizer=optimizer,
+        cpus=cpus,
+        extra=extra,
+    )
+
+
+def child_runs(uri: str, sweep: str) -> list:
+    """Every child run of a sweep in the store at `uri` (all statuses)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(f"scalesweep/{sweep}")
+    if experiment is None:
+        return []
+    query = f"tags.`scalesweep.role` = 'child' and tags.`scalesweep.sweep` = '{sweep}'"
+    return client.search_runs([experiment.experiment_id], query, max_results=5000)
+
+
+def planned_keys(spec_path: Path) -> set[str]:
+    """The run keys `scalesweep plan` gives the spec."""
+    from scalesweep.plan import plan
+    from scalesweep.spec import load_spec
+
+    return {config.run_key for config in plan(load_spec(spec_path))}

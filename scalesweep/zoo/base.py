@@ -92,6 +92,7 @@ class TaskInfo:
     params_model: type[Params]
     make: Callable[[Params, int, int], Dataset]
     known_for: str
+    max_data_size: Callable[[Params], int] | None = None  # tasks with a finite example space
 
 
 @dataclass(frozen=True)
@@ -106,11 +107,16 @@ TASKS: dict[str, TaskInfo] = {}
 FAMILIES: dict[str, FamilyInfo] = {}
 
 
-def register_task(name: str, params_model: type[Params], known_for: str):
-    """Decorator: register `make(params, data_size, seed) -> Dataset` under `name`."""
+def register_task(
+    name: str, params_model: type[Params], known_for: str, max_data_size: Callable[[Params], int] | None = None
+):
+    """Decorator: register `make(params, data_size, seed) -> Dataset` under `name`.
+
+    `max_data_size(params)` lets `validate` refuse a data size the task cannot
+    provide, instead of every such run failing later."""
 
     def wrap(make: Callable[[Params, int, int], Dataset]):
-        TASKS[name] = TaskInfo(name, params_model, make, known_for)
+        TASKS[name] = TaskInfo(name, params_model, make, known_for, max_data_size)
         return make
 
     return wrap

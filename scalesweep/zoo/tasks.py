@@ -41,6 +41,7 @@ def _modular_table(p: int, op: str) -> tuple[torch.Tensor, torch.Tensor]:
     ModularArithmeticParams,
     known_for="grokking (Power et al. 2022); phases comprehension / grokking / "
     "memorization / confusion (Liu et al. 2022)",
+    max_data_size=lambda params: len(_modular_table(params.p, params.op)[0]) - 1,  # leave pairs to test on
 )
 def modular_arithmetic(params: ModularArithmeticParams, data_size: int, seed: int) -> Dataset:
     """(a op b) mod p (Power et al. 2022). Knobs: `p`, `op` in + - * /.
@@ -93,6 +94,7 @@ def _distinct_codes(n_bits: int, count: int, generator: torch.Generator) -> torc
     "sparse_parity",
     SparseParityParams,
     known_for="sudden learning after a long loss plateau, with hidden progress (Barak et al. 2022)",
+    max_data_size=lambda params: 2**params.n_bits - params.n_test,
 )
 def sparse_parity(params: SparseParityParams, data_size: int, seed: int) -> Dataset:
     """(n, k)-sparse parity (Barak et al. 2022, "Hidden Progress in Deep Learning").

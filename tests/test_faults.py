@@ -1,0 +1,221 @@
+"""Faults and load, each with real processes, real Ray and real MLflow: the driver SIGKILLed
+at random moments, a worker killed mid-run, a run that raises, a NaN loss, sixteen concurrent
+runs on sqlite, the MLflow server stopped mid-sweep, and a 200-run sweep.
+
+The invariant checked after each: every grid point has exactly one FINISHED child run with
+its whole metric history and its summaries, and nothing is left RUNNING.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import (
+    child_runs,
+    clean_env,
+    cli,
+    fast_spec,
+    free_port,
+    kill_session,
+    planned_keys,
+    spawn,
+    start_mlflow_server,
+    wait_until,
+    write_spec,
+)
+
+pytestmark = pytest.mark.slow
+
+SUMMARIES = {"final_train_loss", "final_test_acc", "n_params", "diverged", "train_seconds"}
+
+
+def start_driver(
+    spec: Path, workdir: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, Path]:
+    """`scalesweep run` in its own session, so that killing the session takes its local Ray along.
+    Returns the process and the file its output goes to."""
+    command = [sys.executable, "-m", "scalesweep", "run", str(spec), *args]
+    log = workdir / f"driver-{time.time_ns()}.log"
+    return spawn(command, workdir, log, clean_env(**(env or {}))), log
+
+
+def count_children(db: Path) -> int:
+    """Child runs in a sqlite store, read with sqlite itself: an MlflowClient here could race the
+    driver's schema creation on a new file."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as store:
+            query = "SELECT count(*) FROM tags WHERE key = 'scalesweep.role' AND value = 'child'"
+            return store.execute(query).fetchone()[0]
+    except sqlite3.Error:  # not created yet, or no schema yet
+        return 0
+
+
+def assert_complete(uri: str, sweep: str, spec: Path, steps: int, eval_every: int = 10) -> list:
+    """One FINISHED child per run key, none missing, none RUNNING; each with its history and summaries.
+    Returns every child run (the ended attempts included)."""
+    client = MlflowClient(uri)
+    runs = child_runs(uri, sweep)
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    keys = sorted(r.data.tags["scalesweep.run_key"] for r in finished)
+    assert keys == sorted(planned_keys(spec)), "exactly one finished run per grid point"
+    assert "RUNNING" not in {r.info.status for r in runs}
+    expected = list(range(0, steps + 1, eval_every))
+    for run in finished:
+        history = client.get_metric_history(run.info.run_id, "train_loss")
+        assert sorted(m.step for m in history) == expected, run.data.tags["scalesweep.run_key"]
+        assert set(run.data.metrics) >= SUMMARIES
+    for run in runs:
+        if run.info.status == "KILLED":
+            assert run.data.tags.get("scalesweep.abandoned"), "an ended attempt says why"
+    return runs
+
+
+def test_driver_sigkilled_at_random_moments_then_rerun(workdir):
+    # Six ensembles, two at a time: three waves, so that a kill a few seconds in finds work half done.
+    spec = write_spec(workdir, fast_spec("resume", widths=(4, 8, 16), steps=60, cpus=1))
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    for trial in range(3):
+        driver, _ = start_driver(spec, workdir)
+        if trial > 0:  # the first trial may die before any run starts, the later ones mid-run
+            wait_until(lambda d=driver: count_children(workdir / "mlflow.db") > 0 or d.poll() is not None, 120)
+        time.sleep(rng.uniform(0.5, 4.0))
+        kill_session(driver)
+    rerun = cli("run", str(spec), cwd=workdir, timeout=400)
+    assert rerun.returncode == 0, f"random seed {seed}\n{rerun.stdout}{rerun.stderr}"
+    assert " 0 finished" not in rerun.stdout, f"random seed {seed}: the kills left nothing to resume"
+    assert_complete(f"sqlite:///{workdir}/mlflow.db", "resume", spec, steps=60)
+
+
+# A process killed inside an sqlite write transaction, after the page cache spilled to the file:
+# it leaves a *hot* rollback journal (mlflow.db-journal), as a driver SIGKILLed mid-write does.
+KILLED_MID_WRITE = """
+import os, signal, sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("PRAGMA cache_size = 1")
+db.execute("BEGIN IMMEDIATE")
+db.execute("CREATE TABLE scratch (blob)")
+db.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500) "
+           "INSERT INTO scratch SELECT randomblob(2000) FROM n")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_store_left_mid_write_by_a_killed_driver_is_resumed(workdir):
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    MlflowClient(uri).create_experiment("made before the crash")
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(workdir / "mlflow.db")], check=False)
+    assert killed.returncode == -signal.SIGKILL and (workdir / "mlflow.db-journal").exists()
+    spec = write_spec(workdir, fast_spec("journal", widths=(4,), sizes=(20,)))
+    result = cli("run", str(spec), cwd=workdir, timeout=400)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert_complete(uri, "journal", spec, steps=20)
+    assert MlflowClient(uri).get_experiment_by_name("made before the crash") is not None
+
+
+def _train_task_worker(driver: subprocess.Popen) -> int | None:
+    """The pid of a Ray worker of this driver's local Ray that is running `_train_task`."""
+    listing = subprocess.run(["ps", "-eo", "pid=,sid=,args="], capture_output=True, text=True).stdout
+    for line in listing.splitlines():
+        pid, sid, args = line.split(maxsplit=2)
+        if int(sid) == driver.pid and "_train_task" in args:
+            return int(pid)
+    return None
+
+
+def test_a_killed_worker_is_retried_and_the_sweep_completes(workdir):
+    spec = write_spec(workdir, fast_spec("worker", widths=(8,), sizes=(30,), steps=600, cpus=1))
+    driver, log = start_driver(spec, workdir)
+    assert wait_until(lambda: _train_task_worker(driver) or driver.poll() is not None, 180, 0.2)
+    worker = _train_task_worker(driver)
+    assert driver.poll() is None and worker, "the sweep ended before its worker could be killed"
+    subprocess.run(["kill", "-9", str(worker)], check=True)
+    assert driver.wait(timeout=400) == 0, log.read_text(encoding="utf-8")
+    runs = assert_complete(f"sqlite:///{workdir}/mlflow.db", "worker", spec, steps=600)
+    killed = [r for r in runs if r.info.status == "KILLED"]
+    assert len(killed) == 2, "both seeds of the ensemble lost their first attempt"
+    assert all("worker died" in r.data.tags["scalesweep.abandoned"] for r in killed)
+
+
+def test_a_failing_run_is_recorded_a_nan_loss_diverges_and_the_others_finish(workdir):
+    # One sweep for both (a driver start costs more than these runs): fail_at_step 1000 is past the
+    # last step, so those runs finish; lr 100 with SGD makes the loss NaN by the step-10 evaluation.
+    grid = "grid: {training.fail_at_step: [5, 1000], training.lr: [0.01, 100]}"
+    spec = write_spec(workdir, fast_spec("faulty", widths=(8,), sizes=(30,), optimizer="sgd", extra=grid))
+    result = cli("run", str(spec), cwd=workdir, timeout=400)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "4 finished, 4 failed" in result.stdout
+    assert result.stdout.count("FAILED") == 4 and "InjectedFailure" in result.stdout
+
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    client = MlflowClient(uri)
+    runs = child_runs(uri, "faulty")
+    assert len(runs) == 8
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert {r.data.params["fail_at_step"] for r in failed} == {"5"}
+    assert {r.data.params["fail_at_step"] for r in finished} == {"1000"}
+    for run in failed:
+        assert "InjectedFailure" in run.data.tags["scalesweep.error"]
+        traceback = Path(client.download_artifacts(run.info.run_id, "traceback.txt", str(workdir)))
+        assert "Traceback" in traceback.read_text(encoding="utf-8")
+        assert "fail_at_step" in traceback.read_text(encoding="utf-8")
+    diverged = {r.data.params["lr"]: r.data.metrics["diverged"] for r in finished}
+    assert diverged == {"0.01": 0.0, "100.0": 1.0}
+
+
+def test_sixteen_concurrent_runs_on_sqlite_lose_nothing(workdir):
+    spec = fast_spec("sixteen", widths=(4, 5, 6, 7), sizes=(20, 25, 30, 35), seeds=1, steps=40, cpus=0.125)
+    spec_path = write_spec(workdir, spec)
+    result = cli("run", str(spec_path), cwd=workdir, timeout=400)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "database is locked" not in output.lower()
+    assert_complete(f"sqlite:///{workdir}/mlflow.db", "sixteen", spec_path, steps=40)
+
+
+def test_mlflow_server_stopped_mid_sweep(workdir):
+    port = free_port()
+    server = start_mlflow_server(workdir, port)
+    uri = f"http://127.0.0.1:{port}"
+    env = {"SCALESWEEP_TRACKING_PATIENCE": "20", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    spec = write_spec(workdir, fast_spec("outage", steps=600))
+    try:
+        driver, log = start_driver(spec, workdir, "--tracking-uri", uri, env=env)
+        assert wait_until(lambda: child_runs(uri, "outage") or driver.poll() is not None, 180)
+        assert driver.poll() is None, "the sweep ended before the server could be stopped"
+        kill_session(server, signal.SIGTERM)
+        assert wait_until(lambda: server.poll() is not None, 30)
+        kill_session(server)
+        time.sleep(5)
+        server = start_mlflow_server(workdir, port)  # same port, same store
+        code, output = driver.wait(timeout=400), log.read_text(encoding="utf-8")
+        assert code in (0, 2), output
+        assert "Traceback" not in output
+        assert "unreachable" in output, "the outage is reported, not silent"
+        if code == 2:
+            assert "run the same command again" in output
+        rerun = cli("run", str(spec), "--tracking-uri", uri, cwd=workdir, env=env, timeout=400)
+        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+        assert_complete(uri, "outage", spec, steps=600)
+    finally:
+        kill_session(server)
+
+
+def test_two_hundred_runs_at_full_concurrency(workdir):
+    spec = fast_spec("load", widths=(4, 8), sizes=(20, 25, 30, 35, 40), seeds=20, cpus=0.2)
+    spec_path = write_spec(workdir, spec)
+    result = cli("run", str(spec_path), cwd=workdir, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "200 finished, 0 failed" in result.stdout
+    runs = assert_complete(f"sqlite:///{workdir}/mlflow.db", "load", spec_path, steps=20)
+    assert len(runs) == 200
