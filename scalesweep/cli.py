@@ -52,6 +52,9 @@ def user_errors(command):
         except UserError as error:
             err.print(f"[bold red]error:[/bold red] {escape(str(error))}", highlight=False, markup=True, soft_wrap=True)
             raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("interrupted: finished runs are kept; run the same command again to resume.")
+            raise typer.Exit(130) from None
 
     return wrapper
 

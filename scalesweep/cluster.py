@@ -16,7 +16,7 @@ from typing import Any
 
 import ray
 
-from scalesweep.errors import UserError
+from scalesweep.errors import UserError, first_line
 
 PROBE_SECONDS = 5.0
 
@@ -86,8 +86,3 @@ def check_fits(requests: set[tuple[float, float]]) -> None:
                 f"Ray cluster has that much ({have}); lower resources.cpus_per_run / gpus_per_run (fractions "
                 f"pack several runs on one GPU) or use a cluster with more."
             )
-
-
-def first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:300] if text else ""

@@ -28,3 +28,9 @@ def unknown_name(kind: str, given: str, valid: Iterable[str]) -> UserError:
     """Build the standard error for a name that is not in a registry."""
     valid = sorted(valid)
     return UserError(f'unknown {kind} "{given}"{did_you_mean(given, valid)}; valid {kind}s are: {", ".join(valid)}.')
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message: enough to say what failed, in one paragraph."""
+    text = str(err).strip().splitlines()
+    return text[0][:300] if text else type(err).__name__

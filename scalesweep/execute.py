@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,8 +23,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from scalesweep import cluster, track
 from scalesweep.curves import curves_figure
+from scalesweep.errors import first_line
 from scalesweep.plan import RunConfig, group_by_ensemble, plan
 from scalesweep.spec import SweepSpec
+from scalesweep.worker import train_task
 
 LIVE_SECONDS = 5.0  # a running run's rows are written at most this often: the UI's curves lag by up to this
 
@@ -69,22 +70,6 @@ class RunState:
         self.pending, self.written_at = [], time.monotonic()
 
 
-# ---------------------------------------------------------------- the Ray task
-
-
-def _train_task(configs: list[dict[str, Any]], gpus_per_run: float) -> Iterator[dict[str, Any]]:
-    """Ray streaming task: train a seed ensemble, yielding events as they come."""
-    from scalesweep.train import train_runs
-
-    runs = [RunConfig.model_validate(c) for c in configs]
-    for config in runs:
-        yield {"run_key": config.run_key, "kind": "started"}
-    # A loop, not `yield from`: Ray sends values into streaming generators, and a
-    # delegated `yield from` would pass them on to inner list iterators, which fail.
-    for event in train_runs(runs, gpus_per_run):  # noqa: UP028
-        yield event
-
-
 # ---------------------------------------------------------------- the sweep
 
 
@@ -99,9 +84,10 @@ def run_sweep(
 ) -> SweepOutcome:
     """Run every run of `spec` that MLflow does not already hold as finished.
 
-    Both services are checked before anything is written: the tracking store
-    by `client_for`, the Ray address by a TCP probe (ray.init itself would
-    retry a dead address for minutes)."""
+    Both services are checked before any child run is written: the tracking
+    store by `client_for`, the Ray address by a TCP probe (ray.init itself
+    would retry a dead address for minutes), the runs' resources against the
+    cluster's nodes."""
     console = console or Console(stderr=True)
     configs = plan(spec)
     address = cluster.resolve_address(address)
@@ -112,12 +98,13 @@ def run_sweep(
     tracker = track.Tracker(client, spec.name, spec.experiment_name, notify=notify)
     todo = select_runs(tracker, configs, force=force, rerun_failed=rerun_failed)
     outcome = SweepOutcome(planned=len(configs), skipped=len(configs) - len(todo))
+    if todo:
+        cluster.connect(address)
+        cluster.check_fits({spec.resources.for_model_size(c.model_size) for c in todo})
     tracker.log_spec(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), len(configs))
     if not todo:
         console.print(f"[green]all {len(configs)} runs of {escape(spec.name)} already finished[/green]")
         return outcome
-    cluster.connect(address)
-    cluster.check_fits({spec.resources.for_model_size(c.model_size) for c in todo})
     console.print(f"{escape(spec.name)}: {len(todo)} runs to do, {outcome.skipped} already done")
     tracker.sweep_started()
     try:
@@ -186,7 +173,7 @@ def _drive(
 def _submit(spec: SweepSpec, group: list[RunConfig]) -> Any:
     """One streaming Ray task for a seed ensemble, with the resources its width asks for."""
     cpus, gpus = spec.resources.for_model_size(group[0].model_size)
-    task = ray.remote(_train_task).options(num_returns="streaming", num_cpus=cpus, num_gpus=gpus, max_retries=0)
+    task = ray.remote(train_task).options(num_returns="streaming", num_cpus=cpus, num_gpus=gpus, max_retries=0)
     return task.remote([c.model_dump(mode="json") for c in group], gpus)
 
 
@@ -250,7 +237,7 @@ def _retry_or_fail(index, group, crash, states, attempts, max_retries, queue, tr
     """A worker process died: end its unfinished runs' records, then retry or fail them."""
     unfinished = [c for c in group if not states[c.run_key].done]
     attempts[index] = attempts.get(index, 0) + 1
-    message = f"worker died: {type(crash).__name__}: {cluster.first_line(crash)}"
+    message = f"worker died: {type(crash).__name__}: {first_line(crash)}"
     retry = attempts[index] <= max_retries
     for config in unfinished:
         state = states[config.run_key]

@@ -14,7 +14,7 @@ import shlex
 from pathlib import Path
 
 from scalesweep import track
-from scalesweep.errors import UserError
+from scalesweep.errors import UserError, first_line
 
 EXCLUDES = [".git", "mlflow.db", "mlartifacts", "reports", "*.pyc", "__pycache__", ".venv"]
 
@@ -32,7 +32,7 @@ def submit_job(spec_path: Path, *, address: str, tracking_uri: str | None) -> st
             runtime_env={"working_dir": ".", "py_modules": [str(package)], "excludes": EXCLUDES},
         )
     except Exception as err:  # the upload or the submission was refused
-        raise UserError(f"the Ray Jobs API at {address} refused the job ({_first_line(err)}).") from None
+        raise UserError(f"the Ray Jobs API at {address} refused the job ({first_line(err)}).") from None
 
 
 def _inside_working_dir(spec_path: Path) -> Path:
@@ -68,11 +68,6 @@ def _jobs_client(address: str):
         return JobSubmissionClient(address)
     except Exception as err:  # unreachable dashboard: ConnectionError, ValueError...
         raise UserError(
-            f"cannot reach the Ray Jobs API at {address} ({type(err).__name__}: {_first_line(err)}). "
+            f"cannot reach the Ray Jobs API at {address} ({type(err).__name__}: {first_line(err)}). "
             f"Give the dashboard address of a running cluster, e.g. http://HEAD:8265 (`ray start --head` starts one)."
         ) from None
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:200] if text else type(err).__name__

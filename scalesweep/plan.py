@@ -3,7 +3,8 @@
 Each `RunConfig` is fully resolved: it holds every value that changes what
 the run computes, and nothing else. Its `run_key` is a hash of that content,
 so equal keys mean the same run whatever the sweep's name, the order of keys
-in the YAML, or the order of the grid; resume and de-duplication rely on it.
+in the YAML, the order of the grid or of the observables, and whether a
+parameter is given at its default; resume and de-duplication rely on it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from scalesweep.spec import RefinePoint, SweepSpec, TrainingSpec
+from scalesweep.zoo import FAMILIES, TASKS
 
 
 class RunConfig(BaseModel):
@@ -130,20 +132,27 @@ def _apply_grid(base: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
 def _run_config(
     sweep: str, resolved: dict[str, Any], width: int, size: int, seed: int, labels: dict[str, Any]
 ) -> RunConfig:
+    task, family = resolved["task"]["name"], resolved["model"]["family"]
     return RunConfig(
         sweep=sweep,
-        task=resolved["task"]["name"],
-        task_params=resolved["task"]["params"],
-        family=resolved["model"]["family"],
-        model_params=resolved["model"]["params"],
+        task=task,
+        task_params=_canonical(TASKS[task].params_model, resolved["task"]["params"]),
+        family=family,
+        model_params=_canonical(FAMILIES[family].params_model, resolved["model"]["params"]),
         parametrization=resolved["model"]["parametrization"],
         model_size=width,
         data_size=size,
         seed=seed,
         training=TrainingSpec.model_validate(resolved["training"]),
-        observables=resolved["observables"],
+        observables=sorted(set(resolved["observables"])),
         grid=labels,
     )
+
+
+def _canonical(params_model: type[BaseModel], params: dict[str, Any]) -> dict[str, Any]:
+    """Every parameter, defaults filled in and types coerced: `{p: 11}`, `{p: 11.0, op: "+"}`
+    are the same run, so they must hash to the same key."""
+    return params_model.model_validate(params).model_dump(mode="json")
 
 
 def group_by_ensemble(runs: list[RunConfig]) -> list[list[RunConfig]]:

@@ -45,8 +45,7 @@ import pandas as pd
 import yaml
 
 from scalesweep.analysis import classify
-from scalesweep.analysis.phenomena import Phenomenon, evaluate, load_phenomenon
-from scalesweep.errors import UserError
+from scalesweep.analysis.phenomena import Phenomenon, evaluate
 from scalesweep.plan import _refined, plan
 from scalesweep.spec import RefinePoint, SweepSpec, read_refinements, refine_path
 
@@ -206,17 +205,10 @@ def current_verdicts(
     spec: SweepSpec, tracking_uri: str | None
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[Phenomenon], list[str], list[str]]:
     """The sweep's finished runs and their verdicts, as `scalesweep report` computes them."""
-    from scalesweep.analysis.load import runs_from_mlflow
-    from scalesweep.study import study_axes, with_compute
+    from scalesweep.study import load_phenomena, study_axes, sweep_runs
 
-    runs = runs_from_mlflow(spec.name, spec.experiment_name, tracking_uri or spec.tracking.uri)
-    if runs.empty:
-        raise UserError(f'sweep "{spec.name}" has no finished run yet; run `scalesweep run` on its spec first.')
-    runs = with_compute(runs, spec)
-    phenomena = [
-        load_phenomenon(ref.name, overrides={"params": ref.params} if ref.params else None)
-        for ref in spec.phenomenon_refs
-    ]
+    runs, _ = sweep_runs(spec, tracking_uri or spec.tracking.uri)
+    phenomena = load_phenomena(spec)
     axes, grid = study_axes(spec)
     verdicts = classify.classify_runs(runs, phenomena, axes=axes, grid=grid, seed="seed", n_boot=0)
     return runs, verdicts, phenomena, axes, grid

@@ -1,7 +1,7 @@
-"""Whole-study operations behind the CLI: report, status, classify a table, submit.
+"""Whole-study operations behind the CLI: report, status, classify a table.
 
-Each function joins two layers (tracking and analysis, or spec and Ray Jobs)
-and nothing more, so the CLI stays a list of thin commands.
+Each function joins two layers (tracking and analysis) and nothing more, so
+the CLI stays a list of thin commands.
 """
 
 from __future__ import annotations
@@ -39,25 +39,45 @@ def with_compute(runs: pd.DataFrame, spec: SweepSpec) -> pd.DataFrame:
     return runs.assign(compute=keys.map(by_key).astype(float))
 
 
+def sweep_runs(spec: SweepSpec, tracking_uri: str | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(finished, failed): the runs of the spec as it is now, one finished run per grid point.
+
+    Runs of an earlier version of the spec (other steps, other params) share the
+    sweep's name but not its run keys, and `run --force` leaves a key with two
+    finished runs: neither may count as extra seeds, so only the plan's keys are
+    kept, each with its latest finished run."""
+    all_runs = runs_from_mlflow(spec.name, spec.experiment_name, tracking_uri, finished_only=False)
+    if all_runs.empty:
+        raise UserError(f'sweep "{spec.name}" has no runs in MLflow yet; run `scalesweep run` on its spec first.')
+    current = all_runs[all_runs["run_key"].astype(str).isin({c.run_key for c in plan(spec)})]
+    finished = current[current["status"] == "FINISHED"].sort_values("start_time")
+    finished = finished.drop_duplicates("run_key", keep="last").reset_index(drop=True)
+    if finished.empty:
+        raise UserError(
+            f'sweep "{spec.name}" has no finished run of its current spec yet; `scalesweep status SPEC` shows '
+            f"where it stands."
+        )
+    failed = current[(current["status"] == "FAILED") & ~current["run_key"].isin(finished["run_key"])]
+    return with_compute(finished, spec), failed.drop_duplicates("run_key", keep="last")
+
+
+def load_phenomena(spec: SweepSpec) -> list[Phenomenon]:
+    return [
+        load_phenomenon(ref.name, overrides={"params": ref.params} if ref.params else None)
+        for ref in spec.phenomenon_refs
+    ]
+
+
 def report_sweep(
     spec: SweepSpec, tracking_uri: str | None = None, out_dir: Path | None = None
 ) -> tuple[Path, pd.DataFrame]:
     """Read the sweep's runs back from MLflow, classify, write and log the report."""
     uri = tracking_uri or spec.tracking.uri
-    all_runs = runs_from_mlflow(spec.name, spec.experiment_name, uri, finished_only=False)
-    if all_runs.empty:
-        raise UserError(f'sweep "{spec.name}" has no runs in MLflow yet; run `scalesweep run` on its spec first.')
-    runs = with_compute(all_runs[all_runs["status"] == "FINISHED"].reset_index(drop=True), spec)
-    if runs.empty:
-        raise UserError(f'sweep "{spec.name}" has no finished run yet; `scalesweep status SPEC` shows where it stands.')
-    phenomena = [
-        load_phenomenon(ref.name, overrides={"params": ref.params} if ref.params else None)
-        for ref in spec.phenomenon_refs
-    ]
+    runs, failed = sweep_runs(spec, uri)
+    phenomena = load_phenomena(spec)
     axes, grid = study_axes(spec)
     verdicts = classify_runs(runs, phenomena, axes=axes, grid=grid, seed="seed")
     tracker = track.Tracker(track.client_for(uri), spec.name, spec.experiment_name)
-    failed = all_runs[all_runs["status"] == "FAILED"]
     study = Study(
         title=f"scalesweep report: {spec.name}",
         axes=axes,
@@ -69,17 +89,29 @@ def report_sweep(
         experiment_id=tracker.experiment_id,
         failed_runs=list(zip(failed["run_name"].astype(str), failed["run_id"].astype(str), strict=True)),
     )
-    out_dir = out_dir or Path("reports") / _slug(spec.name)
-    path = write_report(out_dir, study, runs, phenomena, verdicts)
-    tracker.client.log_artifacts(tracker.parent_id, str(out_dir), artifact_path="report")
+    out_dir = out_dir or Path("reports") / track.slug(spec.name)
+    try:
+        path = write_report(out_dir, study, runs, phenomena, verdicts)
+    except OSError as err:
+        raise UserError(f"cannot write the report to {out_dir} ({err.strerror or err}); pass another --out.") from None
+    _log_report(tracker, out_dir)
     return path, verdicts
+
+
+def _log_report(tracker: track.Tracker, out_dir: Path) -> None:
+    """Log what the report wrote (not whatever else --out holds) to the parent run."""
+    for name in ("report.html", "verdicts.csv", "runs.csv"):
+        if (out_dir / name).is_file():
+            tracker.client.log_artifact(tracker.parent_id, str(out_dir / name), artifact_path="report")
+    if (out_dir / "figures").is_dir():
+        tracker.client.log_artifacts(tracker.parent_id, str(out_dir / "figures"), artifact_path="report/figures")
 
 
 def sweep_status(spec: SweepSpec, tracking_uri: str | None = None) -> tuple[dict[str, int], list[tuple[str, ...]]]:
     """Each planned run's state in MLflow: finished, failed, running or missing."""
-    tracker = track.Tracker(track.client_for(tracking_uri or spec.tracking.uri), spec.name, spec.experiment_name)
+    client = track.client_for(tracking_uri or spec.tracking.uri)
     by_key: dict[str, list[track.ChildRun]] = {}
-    for child in tracker.child_runs():
+    for child in track.existing_children(client, spec.name, spec.experiment_name):  # read-only
         by_key.setdefault(child.run_key, []).append(child)
     counts = {"finished": 0, "failed": 0, "running": 0, "missing": 0}
     rows = []
@@ -119,6 +151,8 @@ def classify_table(
         require_option_columns(runs, table, group=column)
     if direction not in ("higher", "lower"):
         raise UserError(f'--direction must be "higher" or "lower", got "{direction}".')
+    runs = runs.assign(**{axis: pd.to_numeric(runs[axis], errors="coerce")})  # text cells count as missing
+    runs = runs.assign(**{value: pd.to_numeric(runs[value], errors="coerce")})
     runs = runs.dropna(subset=[axis, value])
     runs = runs[runs[axis] > 0]
     if runs.empty:
@@ -154,7 +188,3 @@ def _ad_hoc_phenomenon(
         presence=presence,
         min_effect=max(min_effect, 0.0),
     )
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -15,6 +15,7 @@ step observables and the run's summaries as single metrics.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -28,15 +29,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from scalesweep.errors import UserError
+from scalesweep.errors import UserError, first_line
 from scalesweep.plan import RunConfig
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 TAG = "scalesweep"
 MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
 RETRY_SECONDS = 5.0
+OTHER_STORES = ("postgresql://", "postgresql+", "mysql://", "mysql+", "mssql", "databricks")
 T = TypeVar("T")
 
 
@@ -69,6 +72,11 @@ def check_store(uri: str) -> None:
         _check_server(uri)
     elif uri.startswith("sqlite:///"):
         _check_sqlite(Path(uri.removeprefix("sqlite:///")))
+    elif not uri.startswith(OTHER_STORES):
+        raise UserError(
+            f'"{uri}" is not a tracking store scalesweep can use; give sqlite:///path/to/mlflow.db, '
+            f"http(s)://host:port of an `mlflow server`, or a database URI ({', '.join(OTHER_STORES)})."
+        )
 
 
 def server_answers(uri: str, timeout: float = 5.0) -> bool:
@@ -98,7 +106,7 @@ def _check_sqlite(path: Path) -> None:
         return
     try:
         # rw, not ro: a driver killed mid-write leaves a hot journal, which only a writer may roll back.
-        with sqlite3.connect(f"file:{path}?mode=rw", uri=True) as db:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=rw", uri=True)) as db:
             db.execute("PRAGMA schema_version").fetchone()
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as err:
@@ -124,7 +132,10 @@ def client_for(uri: str | None = None) -> MlflowClient:
     check_store(uri)
     # Not mlflow.set_tracking_uri: it exports MLFLOW_TRACKING_URI, which would pin every
     # later default store of this process (and its children) to this one.
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    except (MlflowException, ImportError) as err:  # e.g. a database driver that is not installed
+        raise UserError(f"cannot open the tracking store {uri} ({first_line(err)}).") from None
 
 
 @dataclass
@@ -163,12 +174,12 @@ class Tracker:
                 if now >= deadline:
                     raise TrackingLost(
                         f"the MLflow tracking store {self.client.tracking_uri} stayed unreachable for "
-                        f"{self.patience:g} s ({_first_line(err)}), so the sweep stopped. Finished runs are "
+                        f"{self.patience:g} s ({first_line(err)}), so the sweep stopped. Finished runs are "
                         f"recorded; bring the store back and run the same command again: finished runs are "
                         f"skipped and the interrupted ones run again (SCALESWEEP_TRACKING_PATIENCE sets the wait)."
                     ) from None
                 self.notify(
-                    f"MLflow at {self.client.tracking_uri} is unreachable ({_first_line(err)}); "
+                    f"MLflow at {self.client.tracking_uri} is unreachable ({first_line(err)}); "
                     f"retrying for {deadline - now:.0f} s more"
                 )
                 time.sleep(min(RETRY_SECONDS, max(0.1, deadline - now)))
@@ -282,8 +293,17 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
         return experiment.experiment_id
     location = None
     if not client.tracking_uri.startswith(("http://", "https://", "databricks")):
-        location = (Path("mlartifacts").resolve() / _slug(name)).as_uri()
+        location = (Path("mlartifacts").resolve() / slug(name)).as_uri()
     return client.create_experiment(name, artifact_location=location)
+
+
+def existing_children(client: MlflowClient, sweep: str, experiment: str) -> list[ChildRun]:
+    """A sweep's child runs, read-only: an experiment that does not exist has none."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    runs = search_all(client, found.experiment_id, child_query(sweep))
+    return [ChildRun(r.info.run_id, r.data.tags.get(f"{TAG}.run_key", ""), r.info.status) for r in runs]
 
 
 def child_query(sweep: str) -> str:
@@ -312,11 +332,6 @@ def flat_params(config: RunConfig) -> dict[str, Any]:
     return params
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:200] if text else type(err).__name__
-
-
 def _short_value(value: Any) -> str:
     return str(value)[:500]
 
@@ -325,5 +340,6 @@ def _quote(text: str) -> str:
     return text.replace("\\", "\\\\").replace("'", "\\'")
 
 
-def _slug(name: str) -> str:
+def slug(name: str) -> str:
+    """A name safe as one path component (for artifact and report folders)."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

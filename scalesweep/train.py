@@ -5,7 +5,7 @@ loop, a test and a Ray streaming task: the caller decides where rows go.
 Events are dicts with a `run_key` and a `kind`:
 
 - `metrics`: `rows`, a list of `{"step": s, column: value, ...}` (buffered,
-  flushed about once a second so that tracking stays cheap);
+  flushed about every `FLUSH_SECONDS` so that tracking stays cheap);
 - `summary`: `summary`, the run's scalars; the run finished;
 - `failed`: `error` and `traceback`; the run raised.
 

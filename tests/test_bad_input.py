@@ -379,6 +379,7 @@ def test_cli_prints_one_error_line_and_exits_2(tmp_path, content):
 
 def sized_spec(n_widths: int, n_sizes: int, seeds: int) -> str:
     data = base_data("tiny")
+    data["task"]["params"]["p"] = 97  # 9,408 training pairs: room for every data size below
     data["axes"] = {"model_size": list(range(1, n_widths + 1)), "data_size": list(range(1, n_sizes + 1))}
     data["axes"]["seeds"] = seeds
     return dump(data)

@@ -123,11 +123,11 @@ def test_a_store_left_mid_write_by_a_killed_driver_is_resumed(workdir):
 
 
 def _train_task_worker(driver: subprocess.Popen) -> int | None:
-    """The pid of a Ray worker of this driver's local Ray that is running `_train_task`."""
+    """The pid of a Ray worker of this driver's local Ray that is running `train_task`."""
     listing = subprocess.run(["ps", "-eo", "pid=,sid=,args="], capture_output=True, text=True).stdout
     for line in listing.splitlines():
         pid, sid, args = line.split(maxsplit=2)
-        if int(sid) == driver.pid and "_train_task" in args:
+        if int(sid) == driver.pid and "train_task" in args:
             return int(pid)
     return None
 

@@ -61,3 +61,15 @@ def test_plan_command_json(tmp_path):
     rows = json.loads(result.stdout)
     assert len(rows) == 18
     assert {"run_key", "model_size", "data_size", "seed", "config"} <= set(rows[0])
+
+
+def test_keys_ignore_defaults_given_explicitly_number_types_and_observable_order():
+    data = yaml.safe_load(GOOD)
+    keys = {r.run_key for r in plan(parse_spec(yaml.safe_dump(data)))}
+    same = json.loads(json.dumps(data))
+    same["task"]["params"] = {"p": float(data["task"]["params"]["p"]), "op": "+"}  # "+" is the default
+    same["observables"] = list(reversed(parse_spec(GOOD).observables))
+    assert {r.run_key for r in plan(parse_spec(yaml.safe_dump(same)))} == keys
+    other = json.loads(json.dumps(data))
+    other["task"]["params"]["op"] = "-"
+    assert not keys & {r.run_key for r in plan(parse_spec(yaml.safe_dump(other)))}

@@ -41,7 +41,12 @@ def runs_from_mlflow(
 def _row(run) -> dict:
     tags = run.data.tags
     prefix = f"{track.TAG}."
-    row: dict = {"run_id": run.info.run_id, "status": run.info.status, "run_name": tags.get("mlflow.runName", "")}
+    row: dict = {
+        "run_id": run.info.run_id,
+        "status": run.info.status,
+        "run_name": tags.get("mlflow.runName", ""),
+        "start_time": run.info.start_time,
+    }
     for name, value in tags.items():
         key = name.removeprefix(prefix)
         if name.startswith(prefix) and key not in ("role", "sweep", "ensemble_key", "error"):
