@@ -81,19 +81,20 @@ def assert_complete(uri: str, sweep: str, spec: Path, steps: int, eval_every: in
 
 def test_driver_sigkilled_at_random_moments_then_rerun(workdir):
     # Six ensembles, two at a time: three waves, so that a kill a few seconds in finds work half done.
-    spec = write_spec(workdir, fast_spec("resume", widths=(4, 8, 16), steps=60, cpus=1))
+    # Long enough (1500 steps) that on an idle machine a kill a few seconds in still finds work left.
+    spec = write_spec(workdir, fast_spec("resume", widths=(4, 8, 16), steps=1500, cpus=1))
     seed = random.randrange(2**32)
     rng = random.Random(seed)
     for trial in range(3):
         driver, _ = start_driver(spec, workdir)
         if trial > 0:  # the first trial may die before any run starts, the later ones mid-run
             wait_until(lambda d=driver: count_children(workdir / "mlflow.db") > 0 or d.poll() is not None, 120)
-        time.sleep(rng.uniform(0.5, 4.0))
+        time.sleep(rng.uniform(0.2, 2.0))
         kill_session(driver)
     rerun = cli("run", str(spec), cwd=workdir, timeout=400)
     assert rerun.returncode == 0, f"random seed {seed}\n{rerun.stdout}{rerun.stderr}"
     assert " 0 finished" not in rerun.stdout, f"random seed {seed}: the kills left nothing to resume"
-    assert_complete(f"sqlite:///{workdir}/mlflow.db", "resume", spec, steps=60)
+    assert_complete(f"sqlite:///{workdir}/mlflow.db", "resume", spec, steps=1500)
 
 
 # A process killed inside an sqlite write transaction, after the page cache spilled to the file:

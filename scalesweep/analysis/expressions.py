@@ -75,7 +75,8 @@ def truth(value) -> np.ndarray:
     return (arr != 0) & ~np.isnan(arr)
 
 
-MAX_LENGTH = 2000  # a formula is one line; this also bounds how deep it can nest
+MAX_LENGTH = 2000  # a formula is one line
+MAX_DEPTH = 100  # nesting levels; checked explicitly, not left to the interpreter's recursion limit
 
 
 def _fail(expr: str, why: str) -> UserError:
@@ -91,6 +92,8 @@ def parse(expr: str) -> ast.Expression:
         raise _fail(expr, f"it is longer than {MAX_LENGTH} characters")
     try:
         tree = ast.parse(expr.strip(), mode="eval")
+        if _depth(tree) > MAX_DEPTH:
+            raise _fail(expr, f"it nests more than {MAX_DEPTH} levels deep")
         _Checker(expr).visit(tree)
     except SyntaxError as err:
         raise _fail(expr, f"syntax error ({err.msg})") from None
@@ -99,6 +102,16 @@ def parse(expr: str) -> ast.Expression:
     except (RecursionError, MemoryError):
         raise _fail(expr, "it nests too deeply") from None
     return tree
+
+
+def _depth(tree: ast.AST) -> int:
+    """How deep the tree nests, without recursion (the walkers below recurse)."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return deepest
 
 
 class _Checker(ast.NodeVisitor):
