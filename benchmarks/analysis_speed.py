@@ -31,11 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from mlflow.entities import Metric, Param, RunTag
 
-from scalesweep import track
 from scalesweep.analysis.classify import classify_runs
-from scalesweep.analysis.load import runs_from_mlflow
 from scalesweep.analysis.phenomena import load_phenomenon
 
 PHENOMENA = ["generalization_gap", "test_loss", "grokking", "loss_spikes", "dead_units"]
@@ -81,6 +78,12 @@ def time_classify(runs: pd.DataFrame) -> tuple[float, float, int]:
 
 def make_store(runs: pd.DataFrame, workdir: Path) -> str:
     """An MLflow sqlite store holding `runs` as finished child runs of one sweep."""
+    # MLflow is imported here, not at the top: the classifier's worker processes start by
+    # importing this module (multiprocessing's spawn), and a real CLI's are as light.
+    from mlflow.entities import Metric, Param, RunTag
+
+    from scalesweep import track
+
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     client = track.client_for(uri)
     experiment_id = track.ensure_experiment(client, EXPERIMENT)
@@ -100,6 +103,8 @@ def make_store(runs: pd.DataFrame, workdir: Path) -> str:
 
 def _clone(db: sqlite3.Connection, template: str, parent: str, runs: pd.DataFrame) -> None:
     """Copy the template run once per row of `runs`, with that row's tags and metrics."""
+    from scalesweep import track
+
     ids = [uuid.uuid4().hex for _ in range(len(runs))]
     names = [name for (name,) in db.execute("SELECT name FROM pragma_table_info('runs')")]
     select = ", ".join("?" if n in ("run_uuid", "name") else n for n in names)
@@ -138,6 +143,8 @@ def _clone(db: sqlite3.Connection, template: str, parent: str, runs: pd.DataFram
 
 def time_load(uri: str, expected: int) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process) of reading the sweep's runs table."""
+    from scalesweep.analysis.load import runs_from_mlflow
+
     started, cpu = time.perf_counter(), time.process_time()
     table = runs_from_mlflow(SWEEP, EXPERIMENT, uri)
     seconds = time.perf_counter() - started

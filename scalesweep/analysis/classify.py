@@ -31,7 +31,10 @@ The rules are those of DESIGN.md ("The classifier"); the statistics are:
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -592,9 +595,8 @@ def classify_runs(
     inconclusive (set `fdr=None` to only report `p_adjusted`).
     """
     runs = usable_runs(runs, [*axes, *grid])
-    gen = _as_rng(rng)
     seed = seed if seed and seed in runs.columns else None
-    rows = []
+    jobs = []
     for ph in phenomena:
         ev = evaluate(runs, ph)
         for axis in axes:
@@ -602,9 +604,28 @@ def classify_runs(
                 continue
             cols = slice_columns(runs, axis, axes, grid)
             groups = ev.groupby(cols, dropna=False, sort=True) if cols else [((), ev)]
-            for key, points in groups:
-                rows.append(_classify_group(ph, axis, slice_label(cols, key), points, seed, n_boot, gen))
-    return _finish(rows, fdr)
+            jobs.extend((ph, axis, slice_label(cols, key), points, seed, n_boot) for key, points in groups)
+    # One random stream per slice, spawned from `rng`: the verdicts do not depend on how
+    # many processes classify them, or in which order.
+    streams = _as_rng(rng).spawn(len(jobs))
+    return _finish(_run_jobs([(*job, gen) for job, gen in zip(jobs, streams, strict=True)]), fdr)
+
+
+PARALLEL_MIN_BOOTSTRAPS = 20_000  # below this, starting worker processes costs more than it saves
+
+
+def _run_jobs(jobs: list[tuple]) -> list[dict]:
+    """Classify every slice; across CPU cores when the bootstraps are many (10^4 runs: 13 s -> ~7 s on 2)."""
+    workers = min(os.cpu_count() or 1, len(jobs))
+    if workers < 2 or sum(job[5] for job in jobs) < PARALLEL_MIN_BOOTSTRAPS:
+        return [_classify_group(*job) for job in jobs]
+    # spawn, not fork: the caller may hold threads (Ray, MLflow) that a fork would copy mid-lock
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_classify_job, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
+
+
+def _classify_job(job: tuple) -> dict:
+    return _classify_group(*job)
 
 
 def usable_runs(runs: pd.DataFrame, needed: list[str]) -> pd.DataFrame:
