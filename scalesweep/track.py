@@ -80,25 +80,26 @@ def check_store(uri: str) -> None:
 
 
 def server_answers(uri: str, timeout: float = 5.0) -> bool:
+    return _health_error(uri, timeout) is None
+
+
+def _health_error(uri: str, timeout: float) -> str | None:
+    """Why the server's /health does not answer, or None when it does."""
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
             response.read()
-        return True
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
+        return None
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        return str(getattr(err, "reason", err))
 
 
 def _check_server(uri: str) -> None:
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as response:
-            response.read()
-    except (urllib.error.URLError, OSError, ValueError) as err:
-        reason = getattr(err, "reason", err)
+    if (reason := _health_error(uri, timeout=5.0)) is not None:
         raise UserError(
             f"the MLflow tracking server at {uri} does not answer ({reason}). Start one with "
             f"`mlflow server --host 127.0.0.1 --port 5000`, or leave out --tracking-uri to record "
             f"to the local store {DEFAULT_URI}."
-        ) from None
+        )
 
 
 def _check_sqlite(path: Path) -> None:

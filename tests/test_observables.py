@@ -35,20 +35,7 @@ ANALYSIS_COLUMNS = [
     "features_per_dim",
     "induction_score",
 ]
-ALL = [
-    "loss",
-    "accuracy",
-    "fit_steps",
-    "weight_norm",
-    "grad_norm",
-    "loss_spikes",
-    "activation_rms",
-    "effective_rank",
-    "dead_fraction",
-    "features_per_dim",
-    "induction_score",
-    "sharpness",
-]
+ALL = list(obs.OBSERVABLES)  # every registered observable, in the order they register
 
 
 def run(task: str, task_params: dict, family: str, model_params: dict, width: int, **training) -> RunConfig:
