@@ -73,6 +73,43 @@ def validate(spec: SpecArg) -> None:
     out.print(f"[green]ok[/green] {spec}: sweep {escape(repr(loaded.name))}, {loaded.n_runs} runs", highlight=False)
 
 
+@app.command("list")
+@user_errors
+def list_command(
+    kind: Annotated[
+        str | None, typer.Argument(help="tasks | families | observables | phenomena (default: all four)")
+    ] = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="print docs/zoo.md (all four, Markdown)")] = False,
+) -> None:
+    """List what a spec can name: tasks, model families, observables, phenomena, with their
+    parameters, defaults and a one-line description."""
+    from scalesweep import catalog
+    from scalesweep.errors import did_you_mean
+
+    if markdown:
+        print(catalog.markdown(), end="")
+        return
+    if kind is not None and kind not in catalog.KINDS:
+        raise UserError(
+            f'"{kind}" is not something to list{did_you_mean(kind, catalog.KINDS)}; '
+            f"give one of {', '.join(catalog.KINDS)}, or nothing for all four."
+        )
+    for name in [kind] if kind else catalog.KINDS:
+        rows = catalog.entries(name)
+        extra = list(rows[0].extra) if rows else []
+        table = Table(title=escape(catalog.TITLES[name].replace("`", "")), show_lines=True)
+        table.add_column("name", style="bold", no_wrap=True)
+        if name != "observables":
+            table.add_column("parameters (= default)", overflow="fold")
+        for column in extra:
+            table.add_column(column, overflow="fold")
+        table.add_column("description", overflow="fold")
+        for row in rows:
+            cells = [row.name] + (["\n".join(row.parameters) or "-"] if name != "observables" else [])
+            table.add_row(*(escape(c) for c in [*cells, *(row.extra[c] for c in extra), row.description]))
+        out.print(table)
+
+
 @app.command("plan")
 @user_errors
 def plan_command(
@@ -88,6 +125,7 @@ def plan_command(
     loaded = _load(spec)
     _confirm_size(spec, loaded.n_runs, yes, "list")
     runs = plan(loaded)
+    _warn_axes(loaded, runs)
     if as_json:
         rows = [
             {"run_key": r.run_key, "label": r.label, **r.axes_row(), "compute": r.compute, "config": r.content()}
@@ -138,6 +176,9 @@ def run(
 
     loaded = _load(spec)
     _confirm_size(spec, loaded.n_runs, yes, "run")
+    from scalesweep.plan import plan
+
+    _warn_axes(loaded, plan(loaded))  # and go on: the runs are still data
     outcome = run_sweep(
         loaded, address=address, tracking_uri=tracking_uri, force=force, rerun_failed=rerun_failed, console=err
     )
@@ -157,6 +198,14 @@ def run(
         out.print(f"  [red]FAILED[/red] {escape(label)}: {escape(error)}", highlight=False)
     if not outcome.ok:
         raise typer.Exit(1)
+
+
+def _warn_axes(loaded, runs) -> None:
+    """Before anything runs: axes whose verdicts can only be inconclusive (on stderr)."""
+    from scalesweep.preview import axis_warnings
+
+    for warning in axis_warnings(loaded, runs):
+        err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
 
 
 def _confirm_size(spec: Path, n_runs: int, yes: bool, verb: str) -> None:
@@ -277,9 +326,12 @@ def classify(
     presence: Annotated[float | None, typer.Option("--presence", help="present beyond this value")] = None,
     min_effect: Annotated[float | None, typer.Option("--min-effect", help="smallest change that counts")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("reports/classify"),
+    signed: Annotated[
+        bool, typer.Option("--signed", help="the value is signed (a gain): a change of sign is a transformation")
+    ] = False,
 ) -> None:
     """Classify a phenomenon measured in any table (published results too)."""
-    from scalesweep.study import classify_table
+    from scalesweep.analysis.table import classify_table
 
     path, verdicts = classify_table(
         table,
@@ -291,6 +343,7 @@ def classify(
         presence=presence,
         min_effect=min_effect,
         out_dir=out_dir,
+        signed=signed,
     )
     _print_verdicts(verdicts)
     out.print(f"report: {path}", highlight=False)
@@ -314,6 +367,8 @@ def fit(
     from scalesweep.analysis.commands import fit_command
 
     result = fit_command(table, law=law, y=y, x=x, n=n, d=d, exclude_col=exclude_col)
+    for note in getattr(result, "notes", []):  # on stderr, so that --json stays one object
+        err.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
     if as_json:
         print(json.dumps(result, indent=1))
         return
@@ -337,8 +392,73 @@ def ui(
 
     uri = resolve_uri(tracking_uri)
     check_store(uri)
-    out.print(f"MLflow UI on http://{host}:{port} (Ctrl-C to stop)", highlight=False)
-    raise typer.Exit(subprocess.call(mlflow_ui_command(uri, host, port)))
+    url = f"http://{host}:{port}"
+    local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # a wildcard bind answers on loopback
+    probe = f"http://{'[' + local + ']' if ':' in local else local}:{port}/"
+    if _http_answers(probe):
+        raise UserError(
+            f"something already answers on {url} (another `scalesweep ui` or `mlflow ui`?); "
+            f"stop it, or pass another --port, e.g. --port {port + 1}."
+        )
+    out.print(f"starting the MLflow UI on {escape(uri)} (this takes a few seconds) ...", highlight=False)
+    raise typer.Exit(serve_ui(mlflow_ui_command(uri, host, port), probe, url))
+
+
+UI_PATIENCE = 120.0  # seconds `scalesweep ui` waits for the server to answer (SCALESWEEP_UI_TIMEOUT)
+
+
+def serve_ui(command: list[str], probe: str, url: str) -> int:
+    """Run the UI server; print its URL once it answers (polled), not before. A server that
+    exits first, or does not answer within SCALESWEEP_UI_TIMEOUT seconds, is a clear error."""
+    import time
+
+    raw = os.environ.get("SCALESWEEP_UI_TIMEOUT", str(UI_PATIENCE))
+    try:
+        patience = float(raw)
+    except ValueError:
+        raise UserError(f"SCALESWEEP_UI_TIMEOUT={raw!r} is not a number of seconds (e.g. 120).") from None
+    server = subprocess.Popen(command)
+    try:
+        deadline = time.monotonic() + patience
+        while not _http_answers(probe):
+            if server.poll() is not None:
+                raise UserError(
+                    f"the MLflow UI stopped before it answered (exit code {server.returncode}); its own "
+                    f"messages are above. If the port is taken, pass another --port."
+                )
+            if time.monotonic() > deadline:
+                raise UserError(
+                    f"the MLflow UI did not answer on {url} within {patience:g} s, so it was stopped. "
+                    f"A slow machine may need longer: set SCALESWEEP_UI_TIMEOUT (seconds)."
+                )
+            time.sleep(0.25)
+        out.print(f"MLflow UI on {url} (Ctrl-C to stop)", highlight=False)
+        try:
+            return server.wait()
+        except KeyboardInterrupt:
+            return 0
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+
+def _http_answers(url: str) -> bool:
+    """Whether an HTTP server answers at `url` (any status: it is up)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=1.0):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def mlflow_ui_command(uri: str, host: str, port: int) -> list[str]:

@@ -101,9 +101,11 @@ def run_sweep(
     if todo:
         cluster.connect(address)
         cluster.check_fits({spec.resources.for_model_size(c.model_size) for c in todo})
-    tracker.log_spec(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), len(configs))
+    spec_yaml = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    tracker.log_spec(spec_yaml, len(configs), track.sweep_params(spec, configs), _description(spec, configs))
     if not todo:
         console.print(f"[green]all {len(configs)} runs of {escape(spec.name)} already finished[/green]")
+        tracker.log_outcome(track.sweep_counts(tracker.child_runs(), configs), int(time.time() * 1000))
         return outcome
     console.print(f"{escape(spec.name)}: {len(todo)} runs to do, {outcome.skipped} already done")
     tracker.sweep_started()
@@ -112,9 +114,17 @@ def run_sweep(
     except KeyboardInterrupt:
         tracker.sweep_ended("KILLED", outcome.train_seconds)
         raise
+    tracker.log_outcome(track.sweep_counts(tracker.child_runs(), configs), int(time.time() * 1000))
     outcome.tracking_seconds, outcome.figure_seconds = tracker.seconds, tracker.figure_seconds
     tracker.sweep_ended("FINISHED" if outcome.ok else "FAILED", outcome.train_seconds)
     return outcome
+
+
+def _description(spec: SweepSpec, configs: list[RunConfig]) -> str:
+    """The parent run's description in the UI: the spec's own, else a line saying what it sweeps."""
+    if spec.description.strip():
+        return spec.description.strip()
+    return f"{spec.task.name} with the {spec.model.family} family: {len(configs)} runs ({spec.design.kind} design)"
 
 
 def select_runs(

@@ -2,10 +2,10 @@
 
 An IsoFLOP study fixes a few compute budgets C (FLOPs) and, for each, trains
 every model size N of the `model_size` axis on just enough data that
-6 · N · D ≈ C, where D is the number of examples seen (6 = forward + backward
-multiply-adds, Kaplan et al. 2020). The loss along each budget's profile is
-U-shaped in log N; its minimum is the compute-optimal size for that budget
-(`scalesweep.analysis.isoflop` fits it).
+6 · N · D ≈ C, where D is the number of tokens seen (examples seen, for a task
+with one target per example; 6 = forward + backward multiply-adds, Kaplan et al.
+2020). The loss along each budget's profile is U-shaped in log N; its minimum
+is the compute-optimal size for that budget (`scalesweep.analysis.isoflop` fits it).
 
 **What the design sets.** The trainer's compute is fixed by steps · batch_size
 (minibatches are drawn with replacement from the training set), not by the
@@ -19,6 +19,13 @@ give `axes.data_size` for this design (the spec loader says so).
 **N is measured, not guessed.** `n_params_of` builds the family's model at
 each width on the task's real input shape and counts its parameters (cached),
 so embeddings, biases and read-outs count as they do in training.
+
+**Tokens, not sequences.** For a per-token task (one target per position, e.g.
+`in_context`) every position of a sequence runs through the model and is
+predicted, so an example is `seq_len` tokens and C ≈ 6 · N · tokens seen
+(Kaplan et al. 2020: C = 6 · N · B · S, S the context length). Other tasks have
+one target per example: one "token" each. `tokens_per_example` reads it off
+the task's data shape.
 
 Integer steps cannot hit C exactly; a point whose compute would miss C by
 more than `TOLERANCE` is refused with a clear message (raise the budget,
@@ -35,7 +42,8 @@ from scalesweep.errors import UserError
 from scalesweep.plan import RunConfig, _apply_grid, _run_config
 from scalesweep.spec import SweepSpec
 
-FLOPS_PER_PARAM_EXAMPLE = 6  # forward (2) + backward (4) multiply-adds per parameter per example
+FLOPS_PER_PARAM_TOKEN = 6  # forward (2) + backward (4) multiply-adds per parameter per token
+FLOPS_PER_PARAM_EXAMPLE = FLOPS_PER_PARAM_TOKEN  # an example of a task with one target per example
 TOLERANCE = 0.05  # largest relative miss of the budget an IsoFLOP point may have
 PROBE_DATA_SIZE = 8  # examples made only to learn the task's input shape
 
@@ -54,18 +62,34 @@ def n_params_of(
 def _n_params_cached(task: str, task_json: str, family: str, model_json: str, parametrization: str, width: int) -> int:
     import torch
 
-    from scalesweep.zoo import FAMILIES, TASKS
+    from scalesweep.zoo import FAMILIES
 
-    info, fam = TASKS[task], FAMILIES[family]
-    data = info.make(info.params_model.model_validate(json.loads(task_json)), PROBE_DATA_SIZE, 0)
+    fam = FAMILIES[family]
+    shape = _shape_cached(task, task_json)
     params = fam.params_model.model_validate(json.loads(model_json))
     with torch.random.fork_rng(devices=[]):  # building must not move the caller's RNG
         try:  # on the meta device a billion-parameter model costs no memory to count
             with torch.device("meta"):
-                model = fam.build(params, width, data.shape, parametrization)
+                model = fam.build(params, width, shape, parametrization)
         except (NotImplementedError, RuntimeError):  # an init that needs real tensors
-            model = fam.build(params, width, data.shape, parametrization)
+            model = fam.build(params, width, shape, parametrization)
     return sum(p.numel() for p in model.parameters())
+
+
+@functools.lru_cache(maxsize=1024)
+def _shape_cached(task: str, task_json: str) -> Any:
+    """The task's DataShape, from a few examples made with its own generator (global RNG untouched)."""
+    from scalesweep.zoo import TASKS
+
+    info = TASKS[task]
+    return info.make(info.params_model.model_validate(json.loads(task_json)), PROBE_DATA_SIZE, 0).shape
+
+
+def tokens_per_example(task: str, task_params: dict[str, Any]) -> int:
+    """Tokens an example puts through the model and the loss: `seq_len` for a per-token task
+    (a target at every position), 1 for a task with one target per example."""
+    shape = _shape_cached(task, json.dumps(task_params, sort_keys=True))
+    return shape.seq_len if shape.per_token else 1
 
 
 def config_n_params(config: RunConfig) -> int:
@@ -75,14 +99,16 @@ def config_n_params(config: RunConfig) -> int:
 
 
 def compute_of(config: RunConfig) -> float:
-    """C ≈ 6 · n_params · examples seen, examples seen = steps · min(batch_size, data_size)
-    (a batch as large as the training set is the whole set)."""
-    return float(FLOPS_PER_PARAM_EXAMPLE * config_n_params(config) * config.examples_seen)
+    """C ≈ 6 · n_params · tokens seen; tokens seen = examples seen · tokens per example, examples
+    seen = steps · min(batch_size, data_size) (a batch as large as the training set is the whole set)."""
+    tokens = config.examples_seen * tokens_per_example(config.task, config.task_params)
+    return float(FLOPS_PER_PARAM_TOKEN * config_n_params(config) * tokens)
 
 
-def steps_for(budget: float, n_params: int, batch_size: int) -> int:
-    """Optimiser steps that spend `budget` FLOPs on a model of `n_params` at this batch size."""
-    return max(1, round(budget / (FLOPS_PER_PARAM_EXAMPLE * n_params * batch_size)))
+def steps_for(budget: float, n_params: int, batch_size: int, tokens: int = 1) -> int:
+    """Optimiser steps that spend `budget` FLOPs on a model of `n_params` at this batch size
+    (of examples of `tokens` tokens each)."""
+    return max(1, round(budget / (FLOPS_PER_PARAM_TOKEN * n_params * batch_size * tokens)))
 
 
 def isoflop_runs(spec: SweepSpec, resolved: dict[str, Any], labels: dict[str, Any]) -> list[RunConfig]:
@@ -104,8 +130,9 @@ def isoflop_run(
         resolved["model"]["params"], resolved["model"]["parametrization"], width,
     )  # fmt: skip
     batch = int(resolved["training"]["batch_size"])
-    steps = steps_for(budget, n, batch)
-    miss = FLOPS_PER_PARAM_EXAMPLE * n * steps * batch / budget - 1
+    tokens = tokens_per_example(resolved["task"]["name"], resolved["task"]["params"])
+    steps = steps_for(budget, n, batch, tokens)
+    miss = FLOPS_PER_PARAM_TOKEN * n * steps * batch * tokens / budget - 1
     if abs(miss) > TOLERANCE:
         raise UserError(
             f"isoflop design: budget {budget:.3g} FLOPs at model_size {width} ({n:,} parameters) and batch_size "
@@ -117,5 +144,5 @@ def isoflop_run(
 
 
 def total_compute(runs: list[RunConfig]) -> float:
-    """Estimated FLOPs of a list of runs (6 · N · examples seen, summed)."""
+    """Estimated FLOPs of a list of runs (6 · N · tokens seen, summed)."""
     return sum(compute_of(run) for run in runs)

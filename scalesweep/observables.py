@@ -65,21 +65,36 @@ SummaryFn = Callable[[pd.DataFrame, RunContext], dict[str, float]]
 InitFn = Callable[[torch.nn.Module, Dataset], dict[str, float]]
 
 
+LEVELS = ("neuron", "weight", "representation", "attention", "output")
+
+
 @dataclass(frozen=True)
 class Observable:
     name: str
     step: StepFn | None = None
     summary: SummaryFn | None = None
     at_init: InitFn | None = None
+    level: str = ""  # one of LEVELS: where in the network it looks (`scalesweep list observables`)
+    columns: tuple[str, ...] = ()  # the runs-table / step-series columns it writes
+    description: str = ""  # one line
 
 
 OBSERVABLES: dict[str, Observable] = {}
 
 
 def register(
-    name: str, *, step: StepFn | None = None, summary: SummaryFn | None = None, at_init: InitFn | None = None
+    name: str,
+    *,
+    step: StepFn | None = None,
+    summary: SummaryFn | None = None,
+    at_init: InitFn | None = None,
+    level: str = "",
+    columns: tuple[str, ...] = (),
+    description: str = "",
 ) -> None:
-    OBSERVABLES[name] = Observable(name, step, summary, at_init)
+    if level and level not in LEVELS:
+        raise ValueError(f"observable {name}: level {level!r} is not one of {', '.join(LEVELS)}")
+    OBSERVABLES[name] = Observable(name, step, summary, at_init, level, columns, description)
 
 
 def resolve(names: list[str]) -> list[Observable]:
@@ -144,8 +159,22 @@ def _accuracy(ctx: EvalContext) -> dict[str, float]:
     }
 
 
-register("loss", step=_loss, summary=_final(["train_loss", "test_loss"]))
-register("accuracy", step=_accuracy, summary=_final(["train_acc", "test_acc"]))
+register(
+    "loss",
+    step=_loss,
+    summary=_final(["train_loss", "test_loss"]),
+    level="output",
+    columns=("train_loss", "test_loss", "final_train_loss", "final_test_loss"),
+    description="the task's loss on each whole split (cross-entropy, MSE or importance-weighted MSE)",
+)
+register(
+    "accuracy",
+    step=_accuracy,
+    summary=_final(["train_acc", "test_acc"]),
+    level="output",
+    columns=("train_acc", "test_acc", "final_train_acc", "final_test_acc"),
+    description="share of argmax predictions equal to the label (classification only)",
+)
 
 
 # ---------------------------------------------------------------- fit steps, grokking
@@ -178,7 +207,14 @@ def fit_steps(history: pd.DataFrame, ctx: RunContext) -> dict[str, float]:
     }
 
 
-register("fit_steps", summary=fit_steps)
+register(
+    "fit_steps",
+    summary=fit_steps,
+    level="output",
+    columns=("steps_to_fit_train", "steps_to_fit_test", "grokking_delay", "fit_train", "fit_test", "step_budget"),
+    description="first eval step with accuracy >= training.fit_threshold per split; grokking_delay = "
+    "log10(test / train) (Liu et al. 2022)",
+)
 
 
 # ---------------------------------------------------------------- norms
@@ -204,8 +240,22 @@ def _grad_norm(ctx: EvalContext) -> dict[str, float]:
     return {"grad_norm": ctx.grad_norm}
 
 
-register("weight_norm", step=_weight_norm_step, summary=_weight_norm_summary)
-register("grad_norm", step=_grad_norm, summary=_final(["grad_norm"]))
+register(
+    "weight_norm",
+    step=_weight_norm_step,
+    summary=_weight_norm_summary,
+    level="weight",
+    columns=("weight_norm",),
+    description="L2 norm of all parameters (Omnigrok, Liu et al. 2023)",
+)
+register(
+    "grad_norm",
+    step=_grad_norm,
+    summary=_final(["grad_norm"]),
+    level="weight",
+    columns=("grad_norm", "final_grad_norm"),
+    description="L2 norm of the gradient of the last step before each evaluation",
+)
 
 
 # ---------------------------------------------------------------- loss spikes
@@ -231,7 +281,13 @@ def _loss_spikes(history: pd.DataFrame, ctx: RunContext) -> dict[str, float]:
     return {"loss_spikes": float(count_loss_spikes(history["train_loss"]))}
 
 
-register("loss_spikes", summary=_loss_spikes)
+register(
+    "loss_spikes",
+    summary=_loss_spikes,
+    level="output",
+    columns=("loss_spikes",),
+    description="evaluations whose train loss exceeds 2x the median of the previous 5",
+)
 
 
 # ---------------------------------------------------------------- activation scale (muP coord check)
@@ -282,7 +338,16 @@ def _activation_rms_summary(history: pd.DataFrame, ctx: RunContext) -> dict[str,
     return {**init, **final}
 
 
-register("activation_rms", step=_activation_rms_step, summary=_activation_rms_summary, at_init=_activation_rms_init)
+register(
+    "activation_rms",
+    step=_activation_rms_step,
+    summary=_activation_rms_summary,
+    at_init=_activation_rms_init,
+    level="representation",
+    columns=("activation_rms", "activation_rms_init", "activation_rms_final", "activation_rms_final.<layer>"),
+    description="sqrt(mean(h^2)) of each layer's output on 1024 test inputs, at init and after "
+    "training (muP coord check, Yang et al. 2021)",
+)
 
 
 # ---------------------------------------------------------------- representation geometry
@@ -314,7 +379,13 @@ def _effective_rank(history: pd.DataFrame, ctx: RunContext) -> dict[str, float]:
     return {"effective_rank": effective_rank_of(h.reshape(-1, h.shape[-1])[:RANK_ROWS])}
 
 
-register("effective_rank", summary=_effective_rank)
+register(
+    "effective_rank",
+    summary=_effective_rank,
+    level="representation",
+    columns=("effective_rank",),
+    description="exp of the entropy of the PCA explained-variance ratios of the last hidden representation",
+)
 
 
 @torch.no_grad()
@@ -352,7 +423,13 @@ def _dead_fraction(history: pd.DataFrame, ctx: RunContext) -> dict[str, float]:
     return unit_fractions(relu_rates(ctx.model, ctx.data.x_test))
 
 
-register("dead_fraction", summary=_dead_fraction)
+register(
+    "dead_fraction",
+    summary=_dead_fraction,
+    level="neuron",
+    columns=("dead_fraction", "hyperactive_fraction", "nonlinear_rate"),
+    description="share of ReLU units never active, always active, and in between, on the test set",
+)
 
 
 # ---------------------------------------------------------------- superposition
@@ -372,7 +449,13 @@ def _features_per_dim(history: pd.DataFrame, ctx: RunContext) -> dict[str, float
     return {"features_per_dim": features_per_dim_of(ctx.model.feature_weights())}
 
 
-register("features_per_dim", summary=_features_per_dim)
+register(
+    "features_per_dim",
+    summary=_features_per_dim,
+    level="weight",
+    columns=("features_per_dim",),
+    description="features with ||W[:, i]|| > 0.5 per hidden dimension (toy model of superposition, Elhage et al. 2022)",
+)
 
 
 # ---------------------------------------------------------------- induction heads
@@ -407,7 +490,14 @@ def _induction_score(history: pd.DataFrame, ctx: RunContext) -> dict[str, float]
     return {"induction_score": induction_scores(ctx.model.attention_patterns(tokens), period).max().item()}
 
 
-register("induction_score", summary=_induction_score)
+register(
+    "induction_score",
+    summary=_induction_score,
+    level="attention",
+    columns=("induction_score",),
+    description="attention to the token after the previous occurrence of the current token, max over heads "
+    "(Olsson et al. 2022)",
+)
 
 
 # ---------------------------------------------------------------- sharpness
@@ -442,4 +532,10 @@ def _sharpness(history: pd.DataFrame, ctx: RunContext) -> dict[str, float]:
         return {"sharpness": sharpness_of(ctx.model, lambda: loss_fn(ctx.model(x), y))}
 
 
-register("sharpness", summary=_sharpness)
+register(
+    "sharpness",
+    summary=_sharpness,
+    level="weight",
+    columns=("sharpness",),
+    description="largest Hessian eigenvalue of the training loss, by power iteration (Cohen et al. 2021)",
+)

@@ -55,10 +55,10 @@ class RunConfig(BaseModel):
 
     @property
     def label(self) -> str:
-        """A short human name for the point, e.g. `w=128 n=2048 wd=0.1 seed=0`."""
-        parts = [f"w={self.model_size}", f"n={self.data_size}"]
-        parts += [f"{k}={v}" for k, v in self.grid.items()]
-        return " ".join(parts + [f"seed={self.seed}"])
+        """A short human name for the point, e.g. `seed=0 w=128 n=2048 wd=0.1` (also the MLflow run
+        name: the seed first, so that the UI's cut of a long name never hides it)."""
+        parts = [f"seed={self.seed}", f"w={self.model_size}", f"n={self.data_size}"]
+        return " ".join(parts + [f"{k}={v}" for k, v in self.grid.items()])
 
     @property
     def examples_seen(self) -> int:
@@ -67,7 +67,8 @@ class RunConfig(BaseModel):
 
     @property
     def compute(self) -> float:
-        """Training FLOPs, 6 x measured n_params x examples seen (not part of the run key)."""
+        """Training FLOPs, 6 x measured n_params x tokens seen (examples seen x seq_len for a
+        per-token task, x 1 otherwise; see isoflop.compute_of). Not part of the run key."""
         from scalesweep.isoflop import compute_of
 
         return compute_of(self)

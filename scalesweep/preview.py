@@ -1,7 +1,7 @@
 """Plan preview: what a sweep will cost before it runs.
 
 `scalesweep plan` shows the number of runs and their estimated compute
-(6 · n_params · examples seen, `RunConfig.compute`) for any design, and, once
+(6 · n_params · tokens seen, `RunConfig.compute`) for any design, and, once
 some runs of the sweep have finished in the tracking store, the time the
 rest should take, from the finished runs' measured `train_seconds`.
 
@@ -106,3 +106,38 @@ def format_seconds(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def axis_warnings(spec: SweepSpec, runs: list[RunConfig]) -> list[str]:
+    """The design's axes whose verdicts can only be inconclusive: fewer than 3 scale points, or
+    less than a 4x span (DESIGN.md, classifier rule 1), said before compute is spent on them.
+    An axis held at one value is no axis (nothing is classified along it), so it is not warned of."""
+    from scalesweep.analysis.classify import MIN_POINTS, MIN_SPAN
+
+    axes = ["model_size"] if spec.design.kind == "isoflop" else ["model_size", "data_size"]
+    warnings = []
+    for axis in axes:
+        values = sorted({getattr(run, axis) for run in runs})
+        if len(values) < 2:
+            continue
+        span = values[-1] / values[0]
+        problems = []
+        if len(values) < MIN_POINTS:
+            problems.append(f"{len(values)} points (needs {MIN_POINTS})")
+        if span < MIN_SPAN * (1 - 1e-9):
+            problems.append(f"a {span:.2g}x span (needs {MIN_SPAN:g}x)")
+        if problems:
+            shown = ", ".join(str(v) for v in values)
+            warnings.append(
+                f"axis {axis} [{shown}] has {' and '.join(problems)}: every verdict along {axis} can only be "
+                f"inconclusive. For verdicts, give it at least {MIN_POINTS} points spanning {MIN_SPAN:g}x or more, "
+                f"e.g. [{', '.join(str(v) for v in _suggest(values, MIN_POINTS, MIN_SPAN))}]."
+            )
+    return warnings
+
+
+def _suggest(values: list[int], points: int, span: float) -> list[int]:
+    """Geometric points from the smallest value over at least `span`x (to the largest if wider)."""
+    low, high = values[0], max(values[-1], math.ceil(values[0] * span))
+    n = max(points, len(values))
+    return sorted({round(low * (high / low) ** (i / (n - 1))) for i in range(n)})

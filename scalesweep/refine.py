@@ -50,7 +50,7 @@ from scalesweep.plan import _refined, plan
 from scalesweep.spec import RefinePoint, SweepSpec, read_refinements, refine_path
 
 BEYOND = 4.0  # an extrapolated vanishing point at most this factor past the largest point is "just outside"
-MORE_SEEDS = ("too few runs to estimate the spread", "more seeds/points would decide")
+MORE_SEEDS = ("no_spread", "not_significant", "below_min_effect")  # reasons (classify.REASONS) seeds can decide
 KNOBS = ("model_size", "data_size")  # axes a new point can be placed on
 
 
@@ -123,7 +123,9 @@ def _transition(spec: SweepSpec, verdict: pd.Series, group: pd.DataFrame, ph: Ph
 
 def _more_seeds(spec: SweepSpec, verdict: pd.Series, group: pd.DataFrame, ph: Phenomenon) -> Proposal | None:
     detail = str(verdict["detail"])
-    if verdict["verdict"] != "inconclusive" or not any(marker in detail for marker in MORE_SEEDS):
+    if verdict["verdict"] != "inconclusive" or str(verdict.get("reason", "")) not in MORE_SEEDS:
+        return None
+    if str(verdict.get("noise", "")).startswith("scatter of the point means"):  # points are the units: seeds won't help
         return None
     seed = int(max([*group["seed"].dropna().astype(int), *spec.axes.seed_list])) + 1
     values = sorted(int(v) for v in group[verdict["axis"]].unique())
@@ -132,7 +134,7 @@ def _more_seeds(spec: SweepSpec, verdict: pd.Series, group: pd.DataFrame, ph: Ph
 
 
 def _beyond(spec: SweepSpec, verdict: pd.Series, group: pd.DataFrame, ph: Phenomenon) -> Proposal | None:
-    if verdict["verdict"] != "shrinkage" or "vanishes" in str(verdict["detail"]):
+    if verdict["verdict"] != "shrinkage" or str(verdict.get("reason", "")) == "abrupt_offset":
         return None
     axis = verdict["axis"]
     means = evaluate(group, ph).groupby(axis)["strength"].mean().dropna()

@@ -8,10 +8,17 @@ error message or `json.dumps` in the planner would walk as 9**9 values. So the
 document's parse events are counted first, alias by alias, and a document that
 would expand to more than `MAX_VALUES` values (or nest deeper than
 `MAX_DEPTH`, or refer to itself) is refused before anything is built.
+
+The depth limit is scalesweep's own, whatever PyYAML does: since 6.0.4 libyaml refuses
+deep flow nesting itself ("exceeded maximum nesting depth"), and its scanner reads all of
+a run of brackets before the first event, so it refuses before the count below sees
+anything. A document libyaml refuses is then counted again with the pure-Python parser
+(no such limit), so a deep document gets the same message with any PyYAML.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import yaml
@@ -42,10 +49,22 @@ def load(text: str, source: str) -> Any:
 def check_expansion(text: str, source: str) -> None:
     """Refuse documents that expand (through aliases) past MAX_VALUES values, nest past
     MAX_DEPTH, or hold an alias to an anchor that is still open (a recursive value)."""
+    try:
+        _count_events(yaml.parse(text, Loader=_LOADER), source)
+    except yaml.YAMLError:
+        if _LOADER is yaml.SafeLoader:
+            raise
+        # libyaml's own refusal (its nesting limit, or plain bad YAML): the pure-Python parser
+        # decides whether one of scalesweep's limits comes first; if not, libyaml's error stands.
+        _count_events(yaml.parse(text, Loader=yaml.SafeLoader), source)
+        raise
+
+
+def _count_events(events: Iterable[yaml.Event], source: str) -> None:
     sizes: dict[str, int] = {}  # anchor -> number of values it expands to
     stack: list[list[Any]] = []  # per open collection: [anchor, values so far]
     total = 0
-    for event in yaml.parse(text, Loader=_LOADER):
+    for event in events:
         if isinstance(event, _OPEN):
             stack.append([event.anchor, 1])
             if len(stack) > MAX_DEPTH:

@@ -456,6 +456,9 @@ def parse_spec(text: str, source: str = "<spec>") -> SweepSpec:
             f"{source}: the spec holds a value too large or too deep to use ({type(err).__name__})."
         ) from None
     _check_size(spec, source)
+    from scalesweep.checks import check_spec  # the names it holds, against the registries and catalog
+
+    check_spec(spec, source)
     return spec
 
 

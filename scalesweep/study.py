@@ -12,10 +12,10 @@ import pandas as pd
 
 from scalesweep import track
 from scalesweep.analysis.classify import classify_runs
-from scalesweep.analysis.commands import require_option_columns
-from scalesweep.analysis.load import runs_from_csv, runs_from_mlflow
+from scalesweep.analysis.load import runs_from_mlflow
 from scalesweep.analysis.phenomena import Phenomenon, load_phenomenon
 from scalesweep.analysis.report import Study, write_report
+from scalesweep.analysis.table import classify_table  # noqa: F401  (moved; kept importable)
 from scalesweep.errors import UserError
 from scalesweep.plan import plan
 from scalesweep.spec import SweepSpec
@@ -46,7 +46,8 @@ def sweep_runs(spec: SweepSpec, tracking_uri: str | None) -> tuple[pd.DataFrame,
     sweep's name but not its run keys, and `run --force` leaves a key with two
     finished runs: neither may count as extra seeds, so only the plan's keys are
     kept, each with its latest finished run."""
-    all_runs = runs_from_mlflow(spec.name, spec.experiment_name, tracking_uri, finished_only=False)
+    uri = track.require_store(tracking_uri)  # a reader: no store is an error, never a new store
+    all_runs = runs_from_mlflow(spec.name, spec.experiment_name, uri, finished_only=False)
     if all_runs.empty:
         raise UserError(f'sweep "{spec.name}" has no runs in MLflow yet; run `scalesweep run` on its spec first.')
     current = all_runs[all_runs["run_key"].astype(str).isin({c.run_key for c in plan(spec)})]
@@ -77,7 +78,7 @@ def report_sweep(
     phenomena = load_phenomena(spec)
     axes, grid = study_axes(spec)
     verdicts = classify_runs(runs, phenomena, axes=axes, grid=grid, seed="seed")
-    tracker = track.Tracker(track.client_for(uri), spec.name, spec.experiment_name)
+    tracker = track.Tracker(track.client_for(uri, create=False), spec.name, spec.experiment_name)
     study = Study(
         title=f"scalesweep report: {spec.name}",
         axes=axes,
@@ -109,7 +110,7 @@ def _log_report(tracker: track.Tracker, out_dir: Path) -> None:
 
 def sweep_status(spec: SweepSpec, tracking_uri: str | None = None) -> tuple[dict[str, int], list[tuple[str, ...]]]:
     """Each planned run's state in MLflow: finished, failed, running or missing."""
-    client = track.client_for(tracking_uri or spec.tracking.uri)
+    client = track.client_for(tracking_uri or spec.tracking.uri, create=False)  # read-only: never creates one
     by_key: dict[str, list[track.ChildRun]] = {}
     for child in track.existing_children(client, spec.name, spec.experiment_name):  # read-only
         by_key.setdefault(child.run_key, []).append(child)
@@ -129,62 +130,3 @@ def _state(children: list[track.ChildRun]) -> tuple[str, str]:
             if child.status == status:
                 return state, child.run_id
     return "missing", ""
-
-
-def classify_table(
-    table: Path,
-    *,
-    axis: str,
-    value: str,
-    group: list[str],
-    seed: str | None,
-    direction: str,
-    presence: float | None,
-    min_effect: float | None,
-    out_dir: Path,
-    n_boot: int = 200,
-) -> tuple[Path, pd.DataFrame]:
-    """Classify one column of any CSV along one scale column; write the report."""
-    runs = runs_from_csv(table)
-    require_option_columns(runs, table, axis=axis, value=value, seed=seed)
-    for column in group:
-        require_option_columns(runs, table, group=column)
-    if direction not in ("higher", "lower"):
-        raise UserError(f'--direction must be "higher" or "lower", got "{direction}".')
-    runs = runs.assign(**{axis: pd.to_numeric(runs[axis], errors="coerce")})  # text cells count as missing
-    runs = runs.assign(**{value: pd.to_numeric(runs[value], errors="coerce")})
-    runs = runs.dropna(subset=[axis, value])
-    runs = runs[runs[axis] > 0]
-    if runs.empty:
-        raise UserError(f"{table}: no row has both a positive {axis} and a value of {value}.")
-    if not value.isidentifier():  # expressions name columns by identifiers
-        runs = runs.assign(value=runs[value])
-    phenomenon = _ad_hoc_phenomenon(runs, value, direction, presence, min_effect)
-    verdicts = classify_runs(runs, [phenomenon], axes=[axis], grid=group, seed=seed, n_boot=n_boot)
-    study = Study(
-        title=f"scalesweep classify: {value} along {axis} ({table.name})",
-        axes=[axis],
-        grid=group,
-        runs_finished=len(runs),
-    )
-    return write_report(out_dir, study, runs, [phenomenon], verdicts), verdicts
-
-
-def _ad_hoc_phenomenon(
-    runs: pd.DataFrame, value: str, direction: str, presence: float | None, min_effect: float | None
-) -> Phenomenon:
-    """A phenomenon whose strength is one column. Without --presence every finite
-    value counts as present; without --min-effect a tenth of the column's spread counts."""
-    column = runs[value].astype(float)
-    if presence is None:
-        presence = float(column.min() - 1) if direction == "higher" else float(column.max() + 1)
-    if min_effect is None:
-        min_effect = float(0.1 * (column.quantile(0.9) - column.quantile(0.1)))
-    return Phenomenon(
-        name=value,
-        description=f"the column {value} of the table",
-        strength=value if value.isidentifier() else "value",
-        direction=direction,
-        presence=presence,
-        min_effect=max(min_effect, 0.0),
-    )

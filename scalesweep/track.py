@@ -37,6 +37,9 @@ from scalesweep.plan import RunConfig
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 TAG = "scalesweep"
+# MLflow 3's UI opens an experiment by its kind; untagged ones may open on the GenAI view (traces).
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+NOTE_TAG = "mlflow.note.content"  # the run's description in the UI
 MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
 RETRY_SECONDS = 5.0
 OTHER_STORES = ("postgresql://", "postgresql+", "mysql://", "mysql+", "mssql", "databricks")
@@ -122,14 +125,40 @@ def _check_sqlite(path: Path) -> None:
         )
 
 
-def client_for(uri: str | None = None) -> MlflowClient:
+def require_store(uri: str | None = None) -> str:
+    """The resolved URI, when a store is there to read; else a UserError saying that there is
+    none and where it looked. For commands that only read: they never create a store."""
+    given = uri
     uri = resolve_uri(uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        if given:
+            source = "the given tracking URI (--tracking-uri or the spec's tracking.uri)"
+        elif os.environ.get("MLFLOW_TRACKING_URI"):
+            source = "MLFLOW_TRACKING_URI"
+        else:
+            source = f"the default {DEFAULT_URI}, in the working directory {Path.cwd()}"
+        raise UserError(
+            f"there is no MLflow store at {uri.removeprefix('sqlite:///')} (from {source}): nothing has been "
+            f"recorded there, and this command only reads, so it did not create one. Run `scalesweep run SPEC` "
+            f"from this folder first, or pass --tracking-uri (or set MLFLOW_TRACKING_URI) to the store the "
+            f"sweep was recorded to."
+        )
+    return uri
+
+
+def client_for(uri: str | None = None, *, create: bool = True) -> MlflowClient:
+    """An MLflow client on the store, checked first (`check_store`). `create=False` is for
+    commands that only read: a sqlite file that does not exist is an error, not a new store."""
+    uri = require_store(uri) if not create else resolve_uri(uri)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no alembic chatter on a new store
     logging.getLogger("alembic").setLevel(logging.WARNING)
     # MLflow's own HTTP retries back off for minutes per call, silently; the Tracker
     # retries with a message instead (see TrackingLost), so keep MLflow's short.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    # With a tracking server, MLflow writes "View run ... / View experiment ..." to stdout at every
+    # set_terminated: two lines per run through the progress display. The UI has the runs.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     check_store(uri)
     # Not mlflow.set_tracking_uri: it exports MLFLOW_TRACKING_URI, which would pin every
     # later default store of this process (and its children) to this one.
@@ -205,9 +234,30 @@ class Tracker:
         )
         return run.info.run_id
 
-    def log_spec(self, spec_yaml: str, n_runs: int) -> None:
+    def log_spec(
+        self, spec_yaml: str, n_runs: int, params: dict[str, Any] | None = None, description: str = ""
+    ) -> None:
+        """The resolved spec, the sweep's axes and counts (params) and its description (the run's
+        note in the UI). MLflow params cannot change: a value that changed since the parent run
+        was made (e.g. `n_runs` after `scalesweep refine`) is kept current as a tag instead."""
         self._call(self.client.log_text, self.parent_id, spec_yaml, "spec.yaml")
-        self._call(self.client.set_tag, self.parent_id, f"{TAG}.n_runs", str(n_runs))
+        tags = [RunTag(f"{TAG}.n_runs", str(n_runs))]
+        if description:
+            tags.append(RunTag(NOTE_TAG, description))
+        known = self._call(self.client.get_run, self.parent_id).data.params
+        new = []
+        for key, value in (params or {}).items():
+            value = _short_value(value)
+            if key not in known:
+                new.append(Param(key, value))
+            elif known[key] != value:
+                tags.append(RunTag(f"{TAG}.now.{key}", value))
+        self._call(self.client.log_batch, self.parent_id, params=new, tags=tags)
+
+    def log_outcome(self, counts: dict[str, int], timestamp_ms: int) -> None:
+        """The sweep's outcome as parent-run metrics (runs planned, finished, failed, missing)."""
+        metrics = [Metric(f"runs_{state}", float(n), timestamp_ms, 0) for state, n in counts.items()]
+        self._call(self.client.log_batch, self.parent_id, metrics=metrics)
 
     def sweep_started(self) -> None:
         """Show the parent run as RUNNING while a driver works on the sweep."""
@@ -287,15 +337,18 @@ def _row_metrics(rows: list[dict[str, float]], timestamp_ms: int) -> list[Metric
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """The sweep's experiment (created, or restored if deleted), tagged as a training experiment."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)
+        if EXPERIMENT_KIND[0] not in experiment.tags:  # made before this tag, or by hand: a user's kind stays
+            client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
         return experiment.experiment_id
     location = None
     if not client.tracking_uri.startswith(("http://", "https://", "databricks")):
         location = (Path("mlartifacts").resolve() / slug(name)).as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    return client.create_experiment(name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
 
 
 def existing_children(client: MlflowClient, sweep: str, experiment: str) -> list[ChildRun]:
@@ -321,6 +374,37 @@ def search_all(client: MlflowClient, experiment_id: str, query: str) -> list[Any
         token = page.token
         if not token:
             return runs
+
+
+def sweep_params(spec: Any, configs: list[RunConfig]) -> dict[str, Any]:
+    """The parent run's params: what the sweep varies (its axes and grid, as lists) and how many
+    of each, so that the runs table shows a sweep's shape next to its children."""
+    params: dict[str, Any] = {"task": spec.task.name, "family": spec.model.family, "design": spec.design.kind}
+    params["axes.model_size"] = sorted({c.model_size for c in configs})
+    if spec.design.kind == "isoflop":
+        params["design.budgets"] = list(spec.design.budgets)
+    else:
+        params["axes.data_size"] = sorted({c.data_size for c in configs})
+    params["axes.seeds"] = spec.axes.seed_list
+    params.update({f"grid.{path}": values for path, values in spec.grid.items()})
+    params["n_model_sizes"] = len(params["axes.model_size"])
+    if "axes.data_size" in params:
+        params["n_data_sizes"] = len(params["axes.data_size"])
+    params["n_seeds"] = len(spec.axes.seed_list)
+    params["n_runs"] = len(configs)
+    return params
+
+
+def sweep_counts(children: list[ChildRun], configs: list[RunConfig]) -> dict[str, int]:
+    """The sweep's outcome in the store: planned runs finished, failed (and not finished since),
+    and missing (never run, or interrupted)."""
+    statuses: dict[str, set[str]] = {}
+    for child in children:
+        statuses.setdefault(child.run_key, set()).add(child.status)
+    keys = {c.run_key for c in configs}
+    finished = sum(1 for k in keys if "FINISHED" in statuses.get(k, ()))
+    failed = sum(1 for k in keys if "FAILED" in statuses.get(k, ()) and "FINISHED" not in statuses[k])
+    return {"planned": len(keys), "finished": finished, "failed": failed, "missing": len(keys) - finished - failed}
 
 
 def flat_params(config: RunConfig) -> dict[str, Any]:

@@ -359,6 +359,32 @@ def test_odd_yaml_structures_are_clear_errors(text, expected):
     assert expected in refused(text)
 
 
+@pytest.mark.skipif(safe_yaml._LOADER is yaml.SafeLoader, reason="PyYAML without libyaml")
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("a: " + "[" * 70 + "]" * 70 + "\n", "nests deeper than 64 levels"),
+        ("a: " + "[" * 1500 + "]" * 1500 + "\n", "nests deeper than 64 levels"),
+        ("name: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_nesting_check_is_scalesweeps_own_whatever_libyaml_refuses(monkeypatch, text, expected):
+    """PyYAML >= 6.0.4's libyaml refuses deep flow nesting itself, in its own words, before the
+    first event: the message stays scalesweep's. Simulated (libyaml refuses every document), so
+    this holds with any installed PyYAML; real bad YAML is still "not valid YAML"."""
+    real_parse = yaml.parse
+
+    def libyaml_refuses(text, Loader=yaml.Loader):
+        if Loader is not yaml.SafeLoader:
+            raise yaml.scanner.ScannerError("while increasing flow level", None, "exceeded maximum nesting depth")
+        return real_parse(text, Loader=Loader)
+
+    monkeypatch.setattr(safe_yaml.yaml, "parse", libyaml_refuses)
+    with pytest.raises(UserError) as caught:
+        safe_yaml.load(text, SOURCE)
+    assert expected in str(caught.value) and "maximum nesting depth" not in str(caught.value)
+
+
 # ------------------------------------------------------------------ a handful through a real process
 
 

@@ -7,7 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from scalesweep.analysis.classify import VERDICT_COLUMNS, VERDICTS
-from tests.conftest import TINY_SPEC, cli, write_spec
+from tests.conftest import REPO, TINY_SPEC, cli, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -24,6 +24,13 @@ def test_tiny_sweep_run_record_report_and_resume(workdir):
     parents = [r for r in runs if r.data.tags.get("scalesweep.role") == "parent"]
     children = [r for r in runs if r.data.tags.get("scalesweep.role") == "child"]
     assert len(parents) == 1 and len(children) == 18
+    # The MLflow 3 UI opens a training experiment on its runs table; the parent run says what the sweep is.
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    parent = parents[0]
+    assert parent.data.params["axes.model_size"] == "[8, 16, 32]" and parent.data.params["n_runs"] == "18"
+    assert parent.data.metrics["runs_finished"] == 18 and parent.data.metrics["runs_failed"] == 0
+    assert "modular_arithmetic" in parent.data.tags["mlflow.note.content"]
+    assert all(r.info.run_name.startswith("seed=") for r in children)  # the seed first: never cut off
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     assert {r.info.status for r in children} == {"FINISHED"}
     assert len({r.data.tags["scalesweep.run_key"] for r in children}) == 18
@@ -60,3 +67,10 @@ def test_tiny_sweep_run_record_report_and_resume(workdir):
     assert all(r.info.run_id in page for r in children)  # the runs behind each point
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
     assert {"report/report.html", "report/verdicts.csv", "report/figures"} <= artifacts
+    # The paths the README names after the quickstart (here for the tiny sweep).
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for named in ["reports/quickstart/report.html", "`mlflow.db`", "`report/verdicts.csv`", "`spec.yaml`"]:
+        assert named in readme, named
+    assert (workdir / "reports" / "tiny" / "report.html").is_file() and (workdir / "mlflow.db").is_file()
+    assert (workdir / "reports" / "tiny" / "verdicts.csv").is_file()  # "with verdicts.csv beside it"
+    assert "spec.yaml" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}

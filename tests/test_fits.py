@@ -50,7 +50,7 @@ def test_too_few_points():
 
 def test_commands_give_clear_errors(tmp_path):
     from scalesweep.analysis.commands import fit_command
-    from scalesweep.study import classify_table
+    from scalesweep.analysis.table import classify_table
 
     table = tmp_path / "t.csv"
     table.write_text("size,loss\n1,3\n10,2\n100,1.5\n1000,1.2\n")

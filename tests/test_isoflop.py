@@ -153,3 +153,77 @@ def test_time_model_recovers_per_step_and_per_flop_costs():
     seconds = [2e-3 * run.training.steps + 5e-10 * run.compute for run in runs]
     per_step, per_flop = fit_rate(runs, seconds)
     assert per_step == pytest.approx(2e-3, rel=1e-6) and per_flop == pytest.approx(5e-10, rel=1e-6)
+
+
+# One small config per registered task, its parameters counted by hand from the architecture,
+# and the tokens one example puts through the model and the loss (seq_len for a per-token task).
+HAND_COUNTS = {
+    # embed 11*4 + hidden (2*4 -> 8) 8*8+8 + readout 8*11+11; one target per pair
+    "modular_arithmetic": (
+        "{name: modular_arithmetic, params: {p: 11}}",
+        "{family: mlp, params: {depth: 1, embed_dim: 4}}",
+        11 * 4 + (8 * 8 + 8) + (8 * 11 + 11),
+        1,
+    ),
+    # hidden 10*8+8 + readout 8*2+2
+    "sparse_parity": (
+        "{name: sparse_parity, params: {n_bits: 10, k: 3, n_test: 10}}",
+        "{family: mlp, params: {depth: 1}}",
+        (10 * 8 + 8) + (8 * 2 + 2),
+        1,
+    ),
+    # hidden 4*8+8, 8*8+8 + readout 8*1+1
+    "teacher_student": (
+        "{name: teacher_student, params: {input_dim: 4, n_test: 10}}",
+        "{family: mlp, params: {depth: 2}}",
+        (4 * 8 + 8) + (8 * 8 + 8) + (8 * 1 + 1),
+        1,
+    ),
+    # W (m=8, n=5) + b (5)
+    "superposition": (
+        "{name: superposition, params: {n_features: 5, n_test: 10}}",
+        "{family: tms}",
+        8 * 5 + 5,
+        1,
+    ),
+    # token + position embeddings 8*8 each; one attention-only block: LayerNorm 2*8, qkv 8*24, proj 8*8;
+    # final LayerNorm 2*8; readout 8*8+8. A target at each of the 8 positions: 8 tokens per sequence.
+    "in_context": (
+        "{name: in_context, params: {vocab: 8, seq_len: 8, span: 3, n_test: 4}}",
+        "{family: transformer, params: {n_layers: 1, n_heads: 2, attention_only: true}}",
+        8 * 8 + 8 * 8 + (2 * 8 + 8 * 24 + 8 * 8) + 2 * 8 + (8 * 8 + 8),
+        8,
+    ),
+}
+
+
+@pytest.mark.parametrize("task", sorted(HAND_COUNTS))
+def test_compute_is_six_n_tokens_by_hand_for_every_task(task):
+    task_yaml, model_yaml, n_params, tokens = HAND_COUNTS[task]
+    spec = parse_spec(
+        f"name: hand\ntask: {task_yaml}\nmodel: {model_yaml}\n"
+        "axes: {model_size: [8], data_size: [20, 100], seeds: 1}\n"
+        "training: {steps: 10, batch_size: 32}\n"
+    )
+    runs = sorted(plan(spec), key=lambda run: run.data_size)
+    assert [config_n_params(run) for run in runs] == [n_params, n_params]
+    # 10 steps of min(batch 32, data size) examples: the whole set of 20, or batches of 32 of 100
+    assert [run.compute for run in runs] == [6 * n_params * 10 * 20 * tokens, 6 * n_params * 10 * 32 * tokens]
+
+
+def test_every_registered_task_has_a_hand_count():
+    from scalesweep.zoo import TASKS
+
+    assert set(TASKS) == set(HAND_COUNTS)
+
+
+def test_isoflop_budget_counts_tokens_for_a_per_token_task():
+    task_yaml, model_yaml, n_params, tokens = HAND_COUNTS["in_context"]
+    spec = parse_spec(
+        f"name: iso_tokens\ntask: {task_yaml}\nmodel: {model_yaml}\n"
+        "axes: {model_size: [8], seeds: 1}\ndesign: {kind: isoflop, budgets: [1e8]}\n"
+        "training: {batch_size: 16}\n"
+    )
+    (run,) = plan(spec)
+    assert run.training.steps == round(1e8 / (6 * n_params * 16 * tokens))
+    assert abs(run.compute / 1e8 - 1) <= TOLERANCE

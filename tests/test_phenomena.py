@@ -63,7 +63,7 @@ def test_missing_column_is_a_clear_error():
 
 
 def test_catalog_dir_env(monkeypatch, tmp_path):
-    assert catalog_dir().name == "analysis"
+    assert catalog_dir().name == "phenomena" and (catalog_dir() / "grokking.yaml").is_file()
     (tmp_path / "mine.yaml").write_text("strength: a\ndescription: mine\n")
     monkeypatch.setenv("SCALESWEEP_CATALOG", str(tmp_path))
     assert list_phenomena() == ["mine"]
@@ -75,3 +75,23 @@ def test_direction_lower_and_alternative():
     assert out["present"].tolist() == [True, False]
     ph = load_phenomenon("test_loss", {"strength": "em", "alternative": "bleu / 100"})
     np.testing.assert_allclose(evaluate(runs, ph)["alternative"], [0.1, 0.4])
+
+
+def test_a_project_analysis_folder_is_searched_before_the_catalog(monkeypatch, tmp_path):
+    """./analysis/ beside the project's sweeps/ adds phenomena and may replace a built-in by name."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "analysis").mkdir()
+    (tmp_path / "analysis" / "mine.yaml").write_text("strength: final_test_loss\n")
+    (tmp_path / "analysis" / "grokking.yaml").write_text("strength: grokking_delay\npresence: 0.9\n")
+    names = list_phenomena()
+    assert "mine" in names and set(names) >= BUILT_IN
+    assert load_phenomenon("grokking").presence == 0.9  # the project's, not the built-in 0.3
+    assert load_phenomenon("generalization_gap").presence == 0.05  # built-ins still found
+
+
+def test_an_unknown_phenomenon_says_where_it_looked(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        UserError, match=r'"grokkking" \(did you mean "grokking"\?\).*looked in .*analysis and .*phenomena'
+    ):
+        load_phenomenon("grokkking")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import yaml
 
@@ -73,3 +74,53 @@ def test_keys_ignore_defaults_given_explicitly_number_types_and_observable_order
     other = json.loads(json.dumps(data))
     other["task"]["params"]["op"] = "-"
     assert not keys & {r.run_key for r in plan(parse_spec(yaml.safe_dump(other)))}
+
+
+# ------------------------------------------------------------------ axes that can only be inconclusive
+
+
+def test_plan_warns_of_an_axis_with_two_points_or_a_short_span(workdir):
+    from typer.testing import CliRunner
+
+    from scalesweep.cli import app
+    from tests.conftest import fast_spec
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["plan", str(write_spec(workdir, fast_spec("two", sizes=(15, 30, 45))))])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 2, result.stderr
+    assert "axis model_size [4, 8] has 2 points (needs 3) and a 2x span (needs 4x)" in warnings[0]
+    assert "e.g. [4, 8, 16]" in warnings[0] and "can only be inconclusive" in warnings[0]
+    assert "axis data_size [15, 30, 45] has a 3x span (needs 4x)" in warnings[1]
+    assert "8 runs" not in result.stderr and "12 runs" in result.stdout  # the plan is still shown
+    assert not (workdir / "mlflow.db").exists()
+
+    good = runner.invoke(app, ["plan", str(write_spec(workdir, GOOD, "good.yaml"))])  # 3 points, 4x each
+    assert good.exit_code == 0 and "warning" not in good.stderr
+    one = fast_spec("one", widths=(8,), sizes=(10, 20, 40))  # an axis held at one value is no axis
+    held = runner.invoke(app, ["plan", str(write_spec(workdir, one, "one.yaml")), "--json"])
+    assert held.exit_code == 0 and "warning" not in held.stderr
+    assert json.loads(held.stdout)  # --json output stays pure JSON
+
+
+def test_run_warns_before_running_and_goes_on(workdir, monkeypatch):
+    from typer.testing import CliRunner
+
+    from scalesweep import execute
+    from scalesweep.cli import app
+    from tests.conftest import fast_spec
+
+    calls = []
+
+    def fake_run_sweep(spec, **kwargs):
+        calls.append(spec.name)
+        print("TRAINING", file=sys.stderr)
+        return execute.SweepOutcome(planned=8, finished=8)
+
+    monkeypatch.setattr(execute, "run_sweep", fake_run_sweep)
+    result = CliRunner().invoke(app, ["run", str(write_spec(workdir, fast_spec("short")))])
+    assert result.exit_code == 0 and calls == ["short"], result.output
+    assert "warning: axis model_size [4, 8] has 2 points" in result.stderr
+    assert result.stderr.index("warning: axis data_size") < result.stderr.index("TRAINING")  # before it runs
+    assert "short: 8 finished, 0 failed" in result.stdout

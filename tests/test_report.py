@@ -20,7 +20,7 @@ from PIL import Image
 from scalesweep.analysis.advice import advice
 from scalesweep.analysis.classify import VERDICT_COLUMNS, classify_runs
 from scalesweep.analysis.phenomena import Phenomenon, load_phenomenon
-from scalesweep.analysis.report import Study, write_report
+from scalesweep.analysis.report import Study, in_words, write_report
 
 AXES = ["model_size", "data_size"]
 EVIL = "<script>alert(1)</script>"
@@ -135,13 +135,23 @@ def test_first_screen_has_study_and_coloured_verdict_table(report):
     assert axes["model_size"][2] == "8, 16, 32, 64" and axes["model_size"][4] == "8x"
     assert axes["data_size"][2] == "100, 400, 1600" and axes["seed"][3] == "3"
     table = parsed.tables["verdicts"]
-    assert table[0] == ["phenomenon", "axis", "slice", "verdict", "detail", "confidence"]
+    assert table[0] == ["phenomenon", "axis", "slice", "verdict", "in words", "detail", "confidence"]
     assert len(table) - 1 == len(verdicts)
     shown = {(r[0], r[1], r[2]): r[3] for r in table[1:]}
     assert shown == {(r.phenomenon, r.axis, r.slice): r.verdict for r in verdicts.itertuples()}
     rows = re.findall(r"<tr class='v-(\w+)'>", header)
     assert sorted(rows) == sorted(verdicts["verdict"])
     assert "shrinkage" in set(verdicts["verdict"])  # the gap shrinks with data: a coloured row to look at
+    gap = [r for r in table[1:] if r[0] == "generalization_gap" and r[3] == "shrinkage"]
+    assert gap and all("generalization_gap falls with" in r[4] and "less pronounced" in r[4] for r in gap)
+
+
+def test_verdicts_read_in_the_tables_own_direction():
+    row = dict(verdict="expansion", phenomenon="brier", axis="n_params", effect=-0.02)
+    assert in_words(row, "lower") == "brier falls with n_params (more pronounced: lower counts as more)"
+    rising = dict(row, verdict="shrinkage", effect=0.02)
+    assert in_words(rising, "lower") == "brier rises with n_params (less pronounced: lower counts as more)"
+    assert in_words(dict(row, verdict="inconclusive"), "lower") == "the data cannot decide yet"
 
 
 def test_one_figure_per_phenomenon_and_axis_plus_phase_diagrams_none_blank(report):
@@ -237,7 +247,9 @@ def test_advice_sizes_the_seeds_that_would_decide():
     row = dict(
         verdict="inconclusive",
         axis="data_size",
-        detail="trend not significant (p=0.8) but cannot rule out a change of 0.05: more seeds/points would decide",
+        detail="trend not significant (p=0.8, needs < 0.035) but cannot rule out a change of 0.05",
+        reason="not_significant",
+        noise="seeds (the point means fit the trend)",
         effect=0.005,
         ci_low=0.005 - 0.045,
         ci_high=0.005 + 0.045,
@@ -253,14 +265,12 @@ def test_advice_for_flagged_and_demoted_verdicts():
     flag = "metric disagreement (Schaeffer et al. 2023): expansion (accelerating) on the metric, ..."
     assert "Schaeffer" in advice(dict(verdict="expansion", axis="n", detail="emerges", flag=flag), [1, 10], 0.1)
     assert advice(dict(verdict="expansion", axis="n", detail="emerges", flag=""), [1, 10], 0.1) == ""
-    demoted = dict(
-        verdict="inconclusive",
-        axis="n",
-        detail="shrinkage (vanishes) not significant after Benjamini-Hochberg over 12 verdicts (adjusted p=0.08)",
-    )
-    assert "The call (shrinkage) holds on its own but not after correcting for the 12 verdicts" in advice(
-        demoted, [1, 10], 0.1
-    )
+    demoted = dict(verdict="inconclusive", axis="n", detail="reworded at will", reason="not_significant_after_fdr")
+    words = advice(demoted, [1, 10], 0.1)
+    assert "holds on its own but not after correcting across the slices of this phenomenon along n" in words
+    table = dict(verdict="inconclusive", axis="n", reason="not_significant", noise="one value per model; ...")
+    assert "More models would narrow the interval" in advice(table, [1, 10], 0.1)
+    assert "seeds" not in advice(table, [1, 10], 0.1)
 
 
 def test_no_finite_strength_shows_the_regimes_instead_of_an_empty_plot(tmp_path):
@@ -288,7 +298,7 @@ def test_flagged_verdict_is_marked_and_explained(tmp_path):
     assert (verdicts["flag"] != "").any()  # the setting works: else this test would test nothing
     page = write_report(tmp_path, Study(title="flags", axes=AXES), runs, [ph], verdicts).read_text()
     first_screen = parse(page[: page.index("<section")]).tables["verdicts"]
-    assert sum("FLAGGED" in row[4] for row in first_screen[1:]) == int((verdicts["flag"] != "").sum())
+    assert sum("FLAGGED" in row[5] for row in first_screen[1:]) == int((verdicts["flag"] != "").sum())
     evidence = parse(page[page.index("<h3>Evidence") :]).tables["evidence"]
     assert evidence[0][-2:] == ["on the alternative metric", "flag"]
     assert "Flagged: metric disagreement" in page and "trust the continuous metric" in page

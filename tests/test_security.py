@@ -159,7 +159,7 @@ def test_any_text_is_a_value_or_a_clear_error(expr):
 def captured_ui_command(monkeypatch, *args: str) -> list[str]:
     """The command line `scalesweep ui ARGS` would run, without starting it."""
     seen: list[list[str]] = []
-    monkeypatch.setattr("scalesweep.cli.subprocess.call", lambda command: seen.append(command) or 0)
+    monkeypatch.setattr("scalesweep.cli.serve_ui", lambda command, probe, url: seen.append(command) or 0)
     result = CliRunner().invoke(app, ["ui", *args])
     assert result.exit_code == 0, result.output
     (command,) = seen

@@ -140,6 +140,9 @@ def test_sweep_and_report_over_http_with_artifacts(mlflow_server, workdir):
     spec = write_spec(workdir, fast_spec("http"))
     ran = cli("run", str(spec), "--tracking-uri", mlflow_server, cwd=workdir, timeout=300)
     assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "View run" not in ran.stdout + ran.stderr and "View experiment" not in ran.stdout + ran.stderr
+    assert "warning: axis model_size [4, 8] has 2 points" in ran.stderr  # warned, and the sweep went on
+    assert "8 finished, 0 failed" in ran.stdout
     reported = cli("report", str(spec), "--tracking-uri", mlflow_server, cwd=workdir, timeout=300)
     assert reported.returncode == 0, reported.stdout + reported.stderr
 
@@ -181,7 +184,10 @@ def test_ui_serves_the_store_on_loopback(workdir):
     ui = spawn([sys.executable, "-m", "scalesweep", "ui", "--port", str(port)], workdir, log)
     try:
         assert wait_until(lambda: answers(f"http://127.0.0.1:{port}/"), 120), log.read_text(encoding="utf-8")
-        assert f"http://127.0.0.1:{port}" in log.read_text(encoding="utf-8")
+        shown = f"MLflow UI on http://127.0.0.1:{port}"
+        assert wait_until(lambda: shown in log.read_text(encoding="utf-8"), 10), log.read_text(encoding="utf-8")
+        text = log.read_text(encoding="utf-8")
+        assert text.index("starting the MLflow UI") < text.index(shown)
         listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
         assert {line.split()[3] for line in listening.splitlines()} == {f"127.0.0.1:{port}"}
     finally:

@@ -33,15 +33,14 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
-from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 import pandas as pd
-from scipy import special, stats
 
+from scalesweep.analysis import stats
 from scalesweep.analysis.phenomena import Phenomenon, evaluate
 from scalesweep.errors import UserError
 
@@ -60,15 +59,38 @@ VERDICT_COLUMNS = [
     "n_points",
     "n_seeds",
 ]
-EXTRA_COLUMNS = ["change", "p_adjusted", "noise", "alt_verdict", "alt_detail", "flag"]
+EXTRA_COLUMNS = ["change", "p_adjusted", "noise", "alt_verdict", "alt_detail", "flag", "shape", "reason", "n_left_out"]
 VERDICTS = ("expansion", "shrinkage", "transformation", "persistent", "absent", "inconclusive")
 TRENDS = ("expansion", "shrinkage", "transformation")
 
+# Stable machine-readable reasons (the `reason` column; documented in docs/verdicts.md).
+REASONS = {
+    "too_few_points": "fewer than 3 scale points with a finite strength",
+    "span_too_small": "the axis spans less than 4x",
+    "no_spread": "too few units (points or runs) to estimate the noise around the trend",
+    "regime_flip": "the dominant regime at the small end differs from the large end",
+    "sign_flip": "a signed strength changes sign",
+    "u_shape": "significantly non-monotonic, with a minimum inside the range",
+    "inverted_u": "significantly non-monotonic, with a maximum inside the range",
+    "abrupt_onset": "flat below presence at the small end, then a rise a broken line explains (emerges)",
+    "abrupt_offset": "a fall to flat below presence at the large end that a broken line explains (vanishes)",
+    "smooth_trend": "a monotone trend in log-scale, without an abrupt onset",
+    "equivalent": "present, and the interval of the change lies within +-min_effect",
+    "never_present": "never beyond the presence threshold",
+    "not_significant": "no significant trend, and persistence not shown either",
+    "below_min_effect": "a significant trend smaller than min_effect, which cannot be ruled out",
+    "no_min_effect": "no significant trend, and min_effect 0 makes persistence impossible to show",
+    "not_significant_after_fdr": "a trend call that does not survive Benjamini-Hochberg in its family",
+}
+
 ALPHA_TREND = 0.035  # slope test
-ALPHA_SHAPE = 0.0075  # quadratic term test (non-monotonic)
+ALPHA_SHAPE = 0.005  # quadratic term test (symmetric U / inverted U)
+ALPHA_BROKEN = 0.005  # broken-line test (asymmetric U / inverted U)
 ALPHA_ARM = 0.05  # each arm of a U / inverted U, one-sided
 ALPHA_REGIME = 0.05  # Fisher tests of a regime flip, one-sided each
 ALPHA_EQUIV = 0.05  # TOST for persistence
+ALPHA_ONSET = 0.05  # broken line against a straight line, for an abrupt onset
+ALPHA_FLAT = 0.05  # the flat arm of an onset has no slope significant at this level
 MIN_POINTS = 3
 MIN_SPAN = 4.0
 MIN_DF = 2
@@ -76,78 +98,73 @@ MIN_DF = 2
 
 @dataclass
 class _Slice:
-    """Arrays of one slice: u = log10(scale) per run, strength, regime labels."""
+    """Arrays of one slice: per run u = log10(scale), strength, point id; regime labels."""
 
-    u: np.ndarray  # runs with finite strength
+    u: np.ndarray  # runs with a finite strength
     y: np.ndarray
+    pid: np.ndarray  # the run's point: equal scale, or one cluster of a bootstrap resample
     ru: np.ndarray  # runs with a regime label (strength may be NaN)
     labels: np.ndarray | None
+    replicated: bool
+    replicate: str = "seeds"  # what a replicate is called in messages
 
     @cached_property  # read several times per decision, and the bootstrap makes ~10^5 decisions
-    def points(self) -> np.ndarray:
+    def scales(self) -> np.ndarray:
         return np.unique(self.u)
 
+    @cached_property
+    def pts(self) -> stats.Points:
+        return stats.points_of(self.pid, self.u, self.y, self.replicated)
 
-def _ols(u: np.ndarray, y: np.ndarray, degree: int):
-    """Least squares on centred u; returns coefficients, covariance, df, s2."""
-    uc = u - u.mean()
-    design = np.vander(uc, degree + 1, increasing=True)
-    try:  # normal equations: u is centred and degree <= 2, so well conditioned, and 3x faster than lstsq
-        inverse = np.linalg.inv(design.T @ design)
-        coef = inverse @ (design.T @ y)
-    except np.linalg.LinAlgError:  # fewer distinct scale points than coefficients
-        inverse = np.full((degree + 1, degree + 1), math.nan)
-        coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-    df = len(y) - degree - 1
-    resid = y - design @ coef
-    s2 = float(resid @ resid) / df if df > 0 else math.nan
-    tiny = 1e-9 * (float(np.abs(y).max()) + 1e-300) if len(y) else 0.0
-    if s2 < tiny**2:  # exact fit (e.g. a constant strength): no noise at all
-        s2 = 0.0
-        reach = float(np.abs(uc).max()) + 1e-300
-        coef = np.where(np.abs(coef) * reach ** np.arange(degree + 1) < tiny, 0.0, coef)
-    return coef, s2 * inverse, df, s2
+    @cached_property
+    def scale_means(self) -> np.ndarray:
+        """Mean strength at each distinct scale (bootstrap clusters at one scale pooled)."""
+        inv = np.unique(self.u, return_inverse=True)[1]
+        return np.bincount(inv, weights=self.y) / np.bincount(inv)
 
 
-def _t_p(est: float, se: float, df: int) -> float:
-    if not (se > 0 and df > 0):
-        return 0.0 if se == 0 and est != 0 and df > 0 else 1.0
-    if abs(est) < 1e-9 * se:
-        return 1.0
-    return float(2 * _t_sf(abs(est / se), df))
+class _Nulls:
+    """The broken-line statistic's null distributions of one slice, simulated once.
+
+    The statistic is scale-free, so its null depends on the design only; the
+    bootstrap resamples of a slice share their original's design closely, and
+    reuse its nulls (simulating one per resample would cost 200x more)."""
+
+    def __init__(self, pts: stats.Points):
+        self.pts = pts
+        self.cache: dict[str, np.ndarray] = {}
+
+    def p(self, hinge: stats.Hinge) -> float:
+        if hinge.units not in self.cache:
+            self.cache[hinge.units] = stats.hinge_null(self.pts, hinge.units)
+        return stats.null_p(self.cache[hinge.units], hinge.stat)
 
 
-def _t_sf(t: float, df: int) -> float:
-    """stats.t.sf(t, df), computed by the same special function without scipy.stats' per-call
-    argument handling (about 50x faster: the bootstrap calls it some 10^5 times per study)."""
-    return float(special.stdtr(df, -t))
-
-
-def _point_means(u: np.ndarray, y: np.ndarray):
-    pts, inv, counts = np.unique(u, return_inverse=True, return_counts=True)
-    return pts, np.bincount(inv, weights=y) / counts, counts
-
-
-def _end_masks(u: np.ndarray, pts: np.ndarray):
-    k = max(1, math.ceil(len(pts) / 3))
-    return u <= pts[k - 1], u >= pts[-k], k
+def _end_masks(u: np.ndarray, scales: np.ndarray):
+    k = max(1, math.ceil(len(scales) / 3))
+    return u <= scales[k - 1], u >= scales[-k], k
 
 
 def _geo_mid(u_lo: float, u_hi: float) -> float:
     return float(10 ** ((u_lo + u_hi) / 2))
 
 
+def _fmt_p(p: float) -> str:
+    return f"{p:.2g}" if p >= 1e-4 else "<1e-4"
+
+
 # --- transformation tests -------------------------------------------------
 
 
 def _regime_flip(s: _Slice):
-    """Dominant regime at the small end differs from the large end (Fisher)."""
+    """Dominant regime at the small end differs from the large end (Fisher, runs as units:
+    a regime is a property of each run, and replicate runs at one point are independent draws)."""
     if s.labels is None or len(s.labels) == 0:
         return None
-    pts = np.unique(s.ru)
-    if len(pts) < MIN_POINTS:
+    scales = np.unique(s.ru)
+    if len(scales) < MIN_POINTS:
         return None
-    small, large, _ = _end_masks(s.ru, pts)
+    small, large, _ = _end_masks(s.ru, scales)
     a = _mode(s.labels[small])
     b = _mode(s.labels[large])
     if a == b:
@@ -157,10 +174,14 @@ def _regime_flip(s: _Slice):
     share_b = np.mean(s.labels[large] == b)
     if share_a <= chance or share_b <= chance:
         return None
-    p = max(_fisher(s.labels, small, large, a), _fisher(s.labels, large, small, b))
+    p = max(
+        stats.fisher_greater(s.labels[small] == a, s.labels[large] == a),
+        stats.fisher_greater(s.labels[large] == b, s.labels[small] == b),
+    )
     if p >= ALPHA_REGIME:
         return None
-    return dict(detail=f"{a} -> {b}", p_value=p, transition=_regime_split(s, pts, a, b))
+    detail = f"{a} -> {b} (Fisher p={_fmt_p(p)} < {ALPHA_REGIME:g} between the end thirds)"
+    return dict(detail=detail, p_value=p, transition=_regime_split(s, scales, a, b), reason="regime_flip")
 
 
 def _mode(labels: np.ndarray) -> str:
@@ -168,109 +189,153 @@ def _mode(labels: np.ndarray) -> str:
     return str(values[np.argmax(counts)])
 
 
-def _fisher(labels, here, there, label) -> float:
-    h, t = labels[here] == label, labels[there] == label
-    table = [[h.sum(), (~h).sum()], [t.sum(), (~t).sum()]]
-    return float(stats.fisher_exact(table, alternative="greater")[1])
-
-
-def _regime_split(s: _Slice, pts, a, b) -> float:
+def _regime_split(s: _Slice, scales, a, b) -> float:
     """Split between consecutive points that best separates a (left) from b (right)."""
     best, where = -1.0, 0
-    for j in range(len(pts) - 1):
-        left, right = s.ru <= pts[j], s.ru > pts[j]
+    for j in range(len(scales) - 1):
+        left, right = s.ru <= scales[j], s.ru > scales[j]
         score = np.mean(s.labels[left] == a) + np.mean(s.labels[right] == b)
         if score > best + 1e-12:
             best, where = score, j
-    return _geo_mid(pts[where], pts[where + 1])
+    return _geo_mid(scales[where], scales[where + 1])
 
 
-def _sign_flip(s: _Slice, s2: float, df: int):
-    """Signed strength: small-end and large-end means significantly of opposite sign."""
-    pts = s.points
-    small, large, _ = _end_masks(s.u, pts)
+def _sign_flip(s: _Slice, line: stats.Fit):
+    """Signed strength: small-end and large-end means significantly of opposite sign,
+    each judged with the trend's error term (so point scatter, not replicate count, sets it)."""
+    scales = s.scales
+    small, large, _ = _end_masks(s.u, scales)
     m1, m2 = s.y[small].mean(), s.y[large].mean()
-    if not (np.sign(m1) * np.sign(m2) < 0) or not s2 > 0:
+    if not (np.sign(m1) * np.sign(m2) < 0) or not line.s2 > 0 or line.df <= 0:
         return None
-    p1 = _t_sf(abs(m1) / math.sqrt(s2 / small.sum()), df)
-    p2 = _t_sf(abs(m2) / math.sqrt(s2 / large.sum()), df)
+    p1 = stats.t_sf(abs(m1) / math.sqrt(line.s2 / small.sum()), line.df)
+    p2 = stats.t_sf(abs(m2) / math.sqrt(line.s2 / large.sum()), line.df)
     p = float(max(p1, p2))
     if p >= ALPHA_TREND:
         return None
-    pm = _point_means(s.u, s.y)[1]
-    cross = [j for j in range(len(pts) - 1) if np.sign(pm[j]) != np.sign(pm[j + 1])]
-    j = cross[len(cross) // 2] if cross else len(pts) // 2 - 1
+    means = s.scale_means
+    cross = [j for j in range(len(scales) - 1) if np.sign(means[j]) != np.sign(means[j + 1])]
+    j = cross[len(cross) // 2] if cross else len(scales) // 2 - 1
     sign = "+ -> -" if m1 > 0 else "- -> +"
-    return dict(detail=f"sign flip {sign}", p_value=p, transition=_geo_mid(pts[j], pts[j + 1]))
+    detail = f"sign flip {sign} (p={_fmt_p(p)} < {ALPHA_TREND:g} for each end's sign)"
+    return dict(detail=detail, p_value=p, transition=_geo_mid(scales[j], scales[j + 1]), reason="sign_flip")
 
 
-def _non_monotone(s: _Slice):
-    """Interior extremum: quadratic term significant, both arms significant."""
-    pts = s.points
-    if len(pts) < 3 or len(s.y) - 3 < MIN_DF:
+def _quadratic_shape(s: _Slice):
+    """Symmetric interior extremum: quadratic term significant, both arms significant."""
+    pts = s.pts
+    if len(s.scales) < 3:
         return None
-    coef, cov, df, s2 = _ols(s.u, s.y, 2)
-    p = _t_p(coef[2], math.sqrt(max(cov[2, 2], 0.0)), df)
-    if p >= ALPHA_SHAPE or coef[2] == 0:
+    fit, centre = stats.polynomial(pts, 2)
+    if fit.df < 1:
         return None
-    vertex = s.u.mean() - coef[1] / (2 * coef[2])
-    if not pts[0] < vertex < pts[-1]:
+    p = fit.p(2)
+    if p >= ALPHA_SHAPE or fit.coef[2] == 0:
         return None
-    j = int(np.argmin(np.abs(pts - vertex)))
-    if j == 0 or j == len(pts) - 1:
+    vertex = centre - fit.coef[1] / (2 * fit.coef[2])
+    scales = s.scales
+    if not scales[0] < vertex < scales[-1]:
         return None
-    sign = 1.0 if coef[2] > 0 else -1.0  # U: left arm falls, right arm rises
-    for lo, hi, want in ((pts[0], pts[j], -sign), (pts[j], pts[-1], sign)):
-        arm = (s.u >= lo) & (s.u <= hi)
-        if _arm_p(s.u[arm], s.y[arm], s2, df, want) >= ALPHA_ARM:
+    j = int(np.argmin(np.abs(scales - vertex)))
+    if j == 0 or j == len(scales) - 1:
+        return None
+    sign = 1.0 if fit.coef[2] > 0 else -1.0  # U: left arm falls, right arm rises
+    for (lo, hi), want in zip(((scales[0], scales[j]), (scales[j], scales[-1])), (-sign, sign), strict=True):
+        if _arm_p(pts, (pts.u >= lo) & (pts.u <= hi), fit, want) >= ALPHA_ARM:
             return None
-    shape = "U-shaped" if coef[2] > 0 else "inverted-U"
-    extremum = "minimum" if coef[2] > 0 else "maximum"
-    where = 10**vertex
-    return dict(detail=f"{shape} ({extremum} near {where:.3g})", p_value=p, transition=where)
+    test = f"quadratic term p={_fmt_p(p)} < {ALPHA_SHAPE:g}, both arms p < {ALPHA_ARM:g}"
+    return _shape_verdict(fit.coef[2] > 0, vertex, p, test)
 
 
-def _arm_p(u, y, s2, df, want_sign) -> float:
-    """One-sided p that the slope on one arm has `want_sign` (pooled noise s2)."""
-    uc = u - u.mean()
-    sxx = float(uc @ uc)
-    if sxx <= 0 or not s2 > 0:
+def _arm_p(pts: stats.Points, arm: np.ndarray, fit: stats.Fit, want_sign: float) -> float:
+    """One-sided p that the slope over the points of one arm has `want_sign` (the fit's noise)."""
+    u, m, n = pts.u[arm], pts.mean[arm], pts.n[arm]
+    ubar = (u @ n) / n.sum()
+    sxx = float(((u - ubar) * n) @ (u - ubar))
+    if sxx <= 0 or not fit.s2 > 0 or fit.df <= 0:
         return 1.0
-    slope = float(uc @ (y - y.mean())) / sxx
-    return float(_t_sf(want_sign * slope / math.sqrt(s2 / sxx), df))
+    slope = float(((u - ubar) * n) @ (m - (m @ n) / n.sum())) / sxx
+    return stats.t_sf(want_sign * slope / math.sqrt(fit.s2 / sxx), fit.df)
+
+
+def _broken_shape(s: _Slice, nulls: _Nulls):
+    """Asymmetric interior extremum: a broken line fits better than a straight line
+    (Monte Carlo null over the profiled breakpoint) and its arms slope significantly
+    in opposite directions. Power where a quadratic fails: a short rise, then a steep fall."""
+    h = stats.hinge(s.pts)
+    if h is None:
+        return None
+    left, right = float(h.fit.coef[1]), float(h.fit.coef[2])
+    if not left * right < 0:
+        return None
+    u_shaped = left < 0
+    want = -1.0 if u_shaped else 1.0
+    if h.slope_p(1, want) >= ALPHA_ARM or h.slope_p(2, -want) >= ALPHA_ARM:
+        return None
+    p = nulls.p(h)
+    if p >= ALPHA_BROKEN:
+        return None
+    test = f"broken line p={_fmt_p(p)} < {ALPHA_BROKEN:g} against a straight line, both arms p < {ALPHA_ARM:g}"
+    return _shape_verdict(u_shaped, h.c, p, test)
+
+
+def _shape_verdict(u_shaped: bool, vertex: float, p: float, test: str) -> dict:
+    shape, extremum = ("U-shaped", "minimum") if u_shaped else ("inverted-U", "maximum")
+    where = 10**vertex
+    detail = f"{shape} ({extremum} near {where:.3g}; {test})"
+    return dict(detail=detail, p_value=p, transition=where, reason="u_shape" if u_shaped else "inverted_u")
 
 
 # --- the decision -----------------------------------------------------------
 
 
-def _inconclusive(reason: str, **extra) -> dict:
-    return dict(verdict="inconclusive", detail=reason, **extra)
+def _inconclusive(reason: str, text: str, **extra) -> dict:
+    return dict(verdict="inconclusive", detail=text, reason=reason, **extra)
 
 
-def _precheck(s: _Slice) -> str | None:
-    pts = s.points
-    if len(pts) < MIN_POINTS:
-        return f"only {len(pts)} scale point(s) with a finite strength (need {MIN_POINTS})"
-    span = 10 ** (pts[-1] - pts[0])
+def _more(s: _Slice) -> str:
+    """What would decide, in the table's own terms."""
+    return f"more {s.replicate} or scale points" if s.replicated else "more models or scale points"
+
+
+def _precheck(s: _Slice, line: stats.Fit | None) -> tuple[str, str] | None:
+    scales = s.scales
+    if len(scales) < MIN_POINTS:
+        return "too_few_points", f"only {len(scales)} scale point(s) with a finite strength (needs {MIN_POINTS})"
+    span = 10 ** (scales[-1] - scales[0])
     if span < MIN_SPAN * (1 - 1e-9):  # log10 round-trip: 800/200 comes back as 3.9999999
-        return f"the axis spans only {span:.2g}x (need {MIN_SPAN:g}x)"
-    if len(s.y) - 2 < MIN_DF:
-        return f"too few runs to estimate the spread ({len(s.y)} runs at {len(pts)} points; add seeds or scale points)"
+        return "span_too_small", f"the axis spans only {span:.2g}x (needs {MIN_SPAN:g}x)"
+    if line is None or line.df < MIN_DF:
+        if s.replicated and line is not None and line.units == "points":
+            return "no_spread", (
+                f"the point means scatter around the trend more than the {s.replicate} allow, so the "
+                f"{len(scales)} points are the units and leave {line.df} degree(s) of freedom (needs {MIN_DF}): "
+                "add scale points"
+            )
+        return "no_spread", (
+            f"too few values to estimate the spread ({len(s.y)} at {len(scales)} points; needs "
+            f"{MIN_POINTS + 1}): add {_more(s)}"
+        )
     return None
 
 
 @dataclass
-class _Fit:
+class _Trend:
     """Linear trend of strength on log10(scale): slope per decade and its noise."""
 
-    slope: float
-    se: float
-    df: int
-    s2: float
+    fit: stats.Fit
     span: float
 
+    @property
+    def slope(self) -> float:
+        return float(self.fit.coef[1])
+
+    @property
+    def se(self) -> float:
+        return self.fit.se(1)
+
     def public(self) -> dict:
-        tq = float(special.stdtrit(self.df, 0.975)) if self.df > 0 else math.inf
+        tq = stats.t_quantile(self.fit.df)
         return dict(
             effect=self.slope,
             ci_low=float(self.slope - tq * self.se),
@@ -279,92 +344,146 @@ class _Fit:
         )
 
 
-def _linear(s: _Slice) -> _Fit:
-    coef, cov, df, s2 = _ols(s.u, s.y, 1)
-    span = float(s.u.max() - s.u.min())
-    slope, se = float(coef[1]), math.sqrt(max(cov[1, 1], 0.0))
-    return _Fit(slope, se, df, s2, span)
+def _linear(s: _Slice) -> _Trend | None:
+    if len(s.scales) < 2 or len(s.y) < 3:
+        return None
+    fit, _ = stats.polynomial(s.pts, 1)
+    return _Trend(fit, float(s.scales[-1] - s.scales[0]))
 
 
-def _decide(s: _Slice, ph: Phenomenon) -> dict:
-    """The verdict of one slice (no bootstrap): rules 1-4 of DESIGN.md."""
+def _decide(s: _Slice, ph: Phenomenon, nulls: _Nulls, explain: bool = False) -> dict:
+    """The verdict of one slice (no bootstrap): rules 1-4 of DESIGN.md.
+
+    `explain` adds what only the reported verdict needs (the abrupt-onset test
+    behind "emerges"), which the bootstrap's resamples skip."""
     regime = _regime_flip(s)
-    why = _precheck(s)
-    fit = _linear(s) if len(s.points) >= 2 and len(s.y) >= 3 else None
-    numbers = fit.public() if fit else {}
+    trend = _linear(s)
+    numbers = trend.public() if trend else {}
     if regime is not None:
         return dict(verdict="transformation", **regime, **numbers)
-    if why:
-        return _inconclusive(why, **numbers)
-    if ph.signed and (flip := _sign_flip(s, fit.s2, fit.df)):
+    if why := _precheck(s, trend.fit if trend else None):
+        return _inconclusive(*why, **numbers)
+    if ph.signed and (flip := _sign_flip(s, trend.fit)):
         return dict(verdict="transformation", **flip, **numbers)
-    if shape := _non_monotone(s):
+    if shape := _quadratic_shape(s) or _broken_shape(s, nulls):
         return dict(verdict="transformation", **shape, **numbers)
-    return _monotone(s, ph, fit)
+    return _monotone(s, ph, trend, explain)
 
 
-def _monotone(s: _Slice, ph: Phenomenon, fit: _Fit) -> dict:
-    numbers = fit.public()
-    p = _t_p(fit.slope, fit.se, fit.df)
-    pts, means, _ = _point_means(s.u, s.y)
-    present = ph.is_present(means)
+def _monotone(s: _Slice, ph: Phenomenon, trend: _Trend, explain: bool) -> dict:
+    numbers = trend.public()
+    p = trend.fit.p(1)
+    scales = s.scales
+    present = ph.is_present(s.scale_means)
     change = numbers["change"]
+    trend_p = f"p={_fmt_p(p)}"
     if not present.any():
-        note = f" (strength trends, p={p:.2g}, but stays below presence)" if p < ALPHA_TREND else ""
-        detail = f"never present at {len(pts)} points{note}"
-        return dict(verdict="absent", detail=detail, p_value=p, **numbers)
+        note = f" (strength trends, {trend_p} < {ALPHA_TREND:g}, but stays below presence)" if p < ALPHA_TREND else ""
+        detail = f"never beyond presence {ph.presence:g} at {len(scales)} points{note}"
+        return dict(verdict="absent", detail=detail, p_value=p, reason="never_present", **numbers)
     if p < ALPHA_TREND and abs(change) >= ph.min_effect:
-        return _expansion_or_shrinkage(pts, means, present, fit.slope, p, ph, numbers)
-    equiv_p = _tost(change, fit.se * fit.span, fit.df, ph.min_effect)
+        verdict = _expansion_or_shrinkage(s, ph, trend, present, explain)
+        return dict(p_value=p, **verdict, **numbers)
+    equiv_p = stats.tost(change, trend.se * trend.span, trend.fit.df, ph.min_effect)
     if equiv_p < ALPHA_EQUIV:
-        detail = f"change {change:+.3g} across the range is within +-{ph.min_effect:g}"
+        detail = (
+            f"change {change:+.3g} across the range is within +-{ph.min_effect:g} "
+            f"(equivalence p={_fmt_p(equiv_p)} < {ALPHA_EQUIV:g})"
+        )
         if not present.all():
-            detail += f" (present at {present.sum()}/{len(pts)} points)"
-        return dict(verdict="persistent", detail=detail, p_value=equiv_p, **numbers)
+            detail += f" (present at {present.sum()}/{len(scales)} points)"
+        return dict(verdict="persistent", detail=detail, p_value=equiv_p, reason="equivalent", **numbers)
     if p < ALPHA_TREND:
-        why = (
-            f"significant trend (p={p:.2g}) but change {change:+.3g} is below "
-            f"min_effect {ph.min_effect:g} and its interval cannot rule out min_effect"
+        return _inconclusive(
+            "below_min_effect",
+            f"significant trend ({trend_p} < {ALPHA_TREND:g}) but change {change:+.3g} is below "
+            f"min_effect {ph.min_effect:g} and its interval cannot rule out min_effect "
+            f"(equivalence p={_fmt_p(equiv_p)}, needs < {ALPHA_EQUIV:g}): {_more(s)} would decide",
+            p_value=p,
+            **numbers,
         )
-    elif ph.min_effect > 0:
-        why = (
-            f"trend not significant (p={p:.2g}) but cannot rule out a change of "
-            f"{ph.min_effect:g}: more seeds/points would decide"
+    if ph.min_effect > 0:
+        return _inconclusive(
+            "not_significant",
+            f"trend not significant ({trend_p}, needs < {ALPHA_TREND:g}) but cannot rule out a change of "
+            f"{ph.min_effect:g} (equivalence p={_fmt_p(equiv_p)}, needs < {ALPHA_EQUIV:g}): {_more(s)} would decide",
+            p_value=p,
+            **numbers,
         )
-    else:
-        why = (
-            f"trend not significant (p={p:.2g}); with min_effect 0 no interval can "
-            "show persistence: more seeds/points would decide"
-        )
-    return _inconclusive(why, p_value=p, **numbers)
+    return _inconclusive(
+        "no_min_effect",
+        f"trend not significant ({trend_p}, needs < {ALPHA_TREND:g}); with min_effect 0 no interval can "
+        "show persistence: set min_effect",
+        p_value=p,
+        **numbers,
+    )
 
 
-def _tost(change: float, se: float, df: int, margin: float) -> float:
-    if margin <= 0 or df <= 0:
-        return 1.0
-    if se == 0:
-        return 0.0 if abs(change) < margin else 1.0
-    lo = _t_sf((change + margin) / se, df)
-    hi = _t_sf(-(change - margin) / se, df)
-    return float(max(lo, hi))
-
-
-def _expansion_or_shrinkage(pts, means, present, slope, p, ph, numbers) -> dict:
-    more = slope > 0 if ph.direction == "higher" else slope < 0
+def _expansion_or_shrinkage(s, ph, trend: _Trend, present, explain: bool) -> dict:
+    more = trend.slope > 0 if ph.direction == "higher" else trend.slope < 0
     verdict = "expansion" if more else "shrinkage"
-    detail = f"{'more' if more else 'less'} pronounced with scale"
-    transition = math.nan
-    if more and not present[0] and present[-1]:
-        detail, transition = "emerges", _crossing(pts, present)
-    elif not more and present[0] and not present[-1]:
-        detail, transition = "vanishes", _crossing(pts, present)
-    return dict(verdict=verdict, detail=detail, p_value=p, transition=transition, **numbers)
+    moves = "rises" if trend.slope > 0 else "falls"
+    detail = f"{'more' if more else 'less'} pronounced with scale (the strength {moves})"
+    out = dict(verdict=verdict, detail=detail, transition=math.nan, reason="smooth_trend")
+    crosses = (more and not present[0] and present[-1]) or (not more and present[0] and not present[-1])
+    if not (explain and crosses):
+        return out
+    crossing = _crossing(s.scales, present)
+    onset = _abrupt(s, ph, more, trend)
+    if onset is None:
+        out["detail"] = f"{detail}; crosses presence near {crossing:.3g}; no abrupt onset"
+        out["transition"] = crossing
+        return out
+    where, p = onset
+    word = "emerges" if more else "vanishes"
+    kind = "onset" if more else "offset"
+    flat = "below presence at the small end" if more else "below presence at the large end"
+    out["detail"] = (
+        f"{word} (abrupt {kind} near {where:.3g}: flat {flat}, and a clipped ramp beats a straight line, "
+        f"p={_fmt_p(p)} < {ALPHA_ONSET:g})"
+    )
+    out.update(transition=where, reason=f"abrupt_{kind}")
+    return out
 
 
-def _crossing(pts: np.ndarray, present: np.ndarray) -> float:
+def _abrupt(s: _Slice, ph: Phenomenon, more: bool, trend: _Trend) -> tuple[float, float] | None:
+    """An abrupt onset (or offset): flat below presence at one end, then a move a clipped ramp explains.
+
+    The clipped ramp y = a + b clip(u, c1, c2) (flat, linear, flat: a
+    piecewise-linear sigmoid in log-scale) must explain the slice
+    significantly better than one straight line (parametric-bootstrap null,
+    breakpoints profiled); its flat end (small scales for an onset, large for an
+    offset) holds at least two points, whose mean is below presence and whose
+    own slope is not significant at `ALPHA_FLAT`; the ramp moves in the
+    strength's direction. Cf. BIG-bench's "breakthroughness" (Srivastava et al.
+    2022, appendix B). The onset reported is c1 (c2 for an offset) of a Huber
+    refit, robust to one outlying model.
+    """
+    flat = "low" if more else "high"
+    found = stats.ramp(s.pts, flat)
+    if found is None:
+        return None
+    moving = 1.0 if (more == (ph.direction == "higher")) else -1.0  # sign of the ramp's slope
+    if not moving * found.b > 0:
+        return None
+    pts = s.pts
+    side = pts.u <= found.c1 if more else pts.u >= found.c2
+    if ph.is_present(np.average(pts.mean[side], weights=pts.n[side])):
+        return None
+    flat_fit = stats.Fit(np.zeros(2), np.zeros((2, 2)), found.df, found.s2, found.units, math.nan)
+    if min(_arm_p(pts, side, flat_fit, 1.0), _arm_p(pts, side, flat_fit, -1.0)) < ALPHA_FLAT / 2:
+        return None
+    p = stats.ramp_p(pts, found, flat, trend.fit)
+    if p >= ALPHA_ONSET:
+        return None
+    c1, c2 = stats.robust_ramp_onset(pts, flat)
+    return 10 ** (c1 if more else c2), p
+
+
+def _crossing(scales: np.ndarray, present: np.ndarray) -> float:
     changes = np.flatnonzero(present[1:] != present[:-1])
     j = int(changes[-1] if present[-1] else changes[0]) if len(changes) else 0
-    return _geo_mid(pts[j], pts[j + 1])
+    return _geo_mid(scales[j], scales[j + 1])
 
 
 def _shape(s: _Slice) -> str:
@@ -374,13 +493,13 @@ def _shape(s: _Slice) -> str:
     al. 2023): emergence on exact match that is linear on a smooth metric is
     a sign that the metric, not the model, is abrupt.
     """
-    if len(s.points) < 3 or len(s.y) - 3 < 1:
+    if len(s.scales) < 3 or len(s.y) - 3 < 1:
         return ""
-    coef, cov, df, _ = _ols(s.u, s.y, 2)
-    if _t_p(coef[2], math.sqrt(max(cov[2, 2], 0.0)), df) >= 0.05:
+    fit, _ = stats.polynomial(s.pts, 2)
+    if fit.df < 1 or fit.p(2) >= 0.05:
         return "linear"
-    rising = coef[1] > 0
-    return "accelerating" if (coef[2] > 0) == rising else "decelerating"
+    rising = fit.coef[1] > 0
+    return "accelerating" if (fit.coef[2] > 0) == rising else "decelerating"
 
 
 # --- public API ---------------------------------------------------------------
@@ -390,29 +509,48 @@ def _as_rng(rng) -> np.random.Generator:
     return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
 
 
-def _make_slice(u_all: np.ndarray, y_all: np.ndarray, labels: np.ndarray | None) -> _Slice:
+def _make_slice(u_all, y_all, pid_all, labels, replicated: bool, replicate: str) -> _Slice:
     ok = np.isfinite(y_all)
-    if labels is None:
-        return _Slice(u_all[ok], y_all[ok], u_all[:0], None)
-    return _Slice(u_all[ok], y_all[ok], u_all, labels)
+    ru = u_all if labels is not None else u_all[:0]
+    return _Slice(u_all[ok], y_all[ok], pid_all[ok], ru, labels, replicated, replicate)
 
 
-def _resampler(u_all: np.ndarray, y_all: np.ndarray):
-    """Bootstrap indices: runs within each scale point, or whole points when no seeds."""
-    _, inv, counts = np.unique(u_all, return_inverse=True, return_counts=True)
-    groups = [np.flatnonzero(inv == k) for k in range(len(counts))]
-    finite_counts = np.bincount(inv, weights=np.isfinite(y_all), minlength=len(counts))
-    has_seeds = bool((finite_counts >= 2).any())
-    members = np.concatenate(groups) if groups else np.zeros(0, dtype=int)
-    starts, sizes = np.repeat(np.cumsum(counts) - counts, counts), np.repeat(counts, counts)
+def _resampler(pid_all: np.ndarray, scheme: str):
+    """Bootstrap draws of run indices and their point ids.
 
-    def draw(gen: np.random.Generator) -> np.ndarray:
-        if has_seeds:  # = concatenate([gen.choice(g, size=len(g)) for g in groups]): same draws, one call
-            return members[starts + gen.integers(0, sizes)]
-        picks = gen.integers(0, len(groups), size=len(groups))
-        return np.concatenate([groups[k] for k in picks])
+    "runs": rows with replacement (a table with one value per model: each model a unit).
+    "within": replicates within each scale point (seeds, when the point means fit the trend).
+    "points": whole points with replacement, then replicates within each (a cluster
+    bootstrap, when the point means scatter more than the replicates allow)."""
+    order = np.argsort(pid_all, kind="stable")
+    _, counts = np.unique(pid_all, return_counts=True)
+    starts = np.cumsum(counts) - counts
+    run_starts, run_sizes = np.repeat(starts, counts), np.repeat(counts, counts)
+    n, n_pts = len(pid_all), len(counts)
 
-    return draw, has_seeds
+    def draw(gen: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        if scheme == "runs":
+            idx = gen.integers(0, n, size=n)
+            return idx, pid_all[idx]
+        if scheme == "within":
+            idx = order[run_starts + gen.integers(0, run_sizes)]
+            return idx, pid_all[idx]
+        picks = gen.integers(0, n_pts, size=n_pts)
+        sizes = counts[picks]
+        offsets = gen.integers(0, np.repeat(sizes, sizes))
+        idx = order[np.repeat(starts[picks], sizes) + offsets]
+        return idx, np.repeat(np.arange(n_pts), sizes)
+
+    return draw
+
+
+def _noise_words(s: _Slice, trend: _Trend | None) -> tuple[str, str]:
+    """(noise column, bootstrap scheme) for the slice."""
+    if not s.replicated:
+        return "one value per model; noise from the scatter around the trend", "runs"
+    if trend is not None and trend.fit.units == "points":
+        return f"scatter of the point means ({s.replicate} agree more closely than the points do)", "points"
+    return f"{s.replicate} (the point means fit the trend)", "within"
 
 
 def classify_slice(
@@ -427,7 +565,7 @@ def classify_slice(
     """Classify one slice: `points` has columns `x`, "strength", optional "regime", seed.
 
     Returns a dict with the keys of `VERDICT_COLUMNS` except phenomenon/axis/
-    slice, plus `change` (across the range), `noise` and `shape`. With
+    slice, plus `change` (across the range), `noise`, `shape` and `reason`. With
     `n_boot=0` the confidence is NaN (fast path used by the calibration tests).
     """
     xs = pd.to_numeric(points[x], errors="coerce").to_numpy(dtype=float)
@@ -439,23 +577,29 @@ def classify_slice(
     if "regime" in points.columns:
         labels = points["regime"].to_numpy()[keep].astype(object)
         labels = np.where(pd.isna(labels), "other", labels).astype(str)
-    s = _make_slice(u_all, y_all, labels)
-    result = _blank() | _decide(s, phenomenon)
+    pid_all = np.unique(u_all, return_inverse=True)[1]
+    replicated = stats.is_replicated(u_all[np.isfinite(y_all)])
+    replicate = "seeds" if seed and seed in points.columns else "replicates"
+    s = _make_slice(u_all, y_all, pid_all, labels, replicated, replicate)
+    nulls = _Nulls(s.pts)
+    result = _blank() | _decide(s, phenomenon, nulls, explain=True)
     result["shape"] = _shape(s)
-    draw, has_seeds = _resampler(u_all, y_all)
-    result["noise"] = "seeds" if has_seeds else "residuals (one value per point)"
-    result["n_points"] = int(len(np.unique(s.u)))
+    result["noise"], scheme = _noise_words(s, _linear(s))
+    result["n_points"] = int(len(s.scales))
     result["n_seeds"] = _n_seeds(points.loc[keep], seed, s)
     dropped = int((~np.isfinite(y_all)).sum())
     if dropped:
         result["detail"] += f"; {dropped} run(s) without a finite strength left out of the trend"
+    off_axis = int((~keep).sum())
+    if off_axis:
+        result["detail"] += f"; {off_axis} row(s) without a positive value of {x} left out"
+    result["n_left_out"] = dropped + off_axis
     if n_boot > 0 and len(u_all):
-        gen = _as_rng(rng)
-        same = 0
+        draw, gen, same = _resampler(pid_all, scheme), _as_rng(rng), 0
         for _ in range(n_boot):
-            idx = draw(gen)
-            rep = _make_slice(u_all[idx], y_all[idx], None if labels is None else labels[idx])
-            same += _decide(rep, phenomenon)["verdict"] == result["verdict"]
+            idx, pid = draw(gen)
+            rep = _make_slice(u_all[idx], y_all[idx], pid, None if labels is None else labels[idx], replicated, "")
+            same += _decide(rep, phenomenon, nulls)["verdict"] == result["verdict"]
         result["confidence"] = same / n_boot
     return result
 
@@ -474,14 +618,18 @@ def _blank() -> dict:
         n_points=0,
         n_seeds=0,
         change=nan,
+        reason="",
+        n_left_out=0,
     )
 
 
 def _n_seeds(points: pd.DataFrame, seed: str | None, s: _Slice) -> int:
-    if seed and seed in points.columns:
-        return int(points[seed].nunique())
     if len(s.u) == 0:
         return 0
+    if not s.replicated:
+        return 1
+    if seed and seed in points.columns:
+        return int(points[seed].nunique())
     return int(np.unique(s.u, return_counts=True)[1].max())
 
 
@@ -493,21 +641,6 @@ def log_bins(values: pd.Series, per_decade: int = 2) -> pd.Series:
     """
     u = np.log10(pd.to_numeric(values, errors="coerce").where(lambda v: v > 0))
     return np.round(u * per_decade) / per_decade
-
-
-def benjamini_hochberg(p: Sequence[float]) -> np.ndarray:
-    """Benjamini & Hochberg (1995) adjusted p-values; NaN stays NaN."""
-    p = np.asarray(p, dtype=float)
-    out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    if len(ok) == 0:
-        return out
-    order = ok[np.argsort(p[ok])]
-    m = len(ok)
-    adj = p[order] * m / np.arange(1, m + 1)
-    adj = np.minimum.accumulate(adj[::-1])[::-1]
-    out[order] = np.clip(adj, 0, 1)
-    return out
 
 
 _DROP_STATUS = {"FAILED", "KILLED", "RUNNING", "SCHEDULED"}
@@ -608,7 +741,8 @@ def classify_runs(
     # One random stream per slice, spawned from `rng`: the verdicts do not depend on how
     # many processes classify them, or in which order.
     streams = _as_rng(rng).spawn(len(jobs))
-    return _finish(_run_jobs([(*job, gen) for job, gen in zip(jobs, streams, strict=True)]), fdr)
+    rows = _run_jobs([(*job, gen) for job, gen in zip(jobs, streams, strict=True)])
+    return adjust_p_values(pd.DataFrame(rows, columns=[*VERDICT_COLUMNS, *EXTRA_COLUMNS]), fdr)
 
 
 PARALLEL_MIN_BOOTSTRAPS = 20_000  # below this, starting worker processes costs more than it saves
@@ -648,17 +782,27 @@ def _classify_group(ph, axis, label, points, seed, n_boot, gen) -> dict:
     return row
 
 
-def _finish(rows: list[dict], fdr: float | None) -> pd.DataFrame:
-    extra = [*EXTRA_COLUMNS, "shape"]
-    frame = pd.DataFrame(rows, columns=[*VERDICT_COLUMNS, *extra])
-    frame["p_adjusted"] = benjamini_hochberg(frame["p_value"].to_numpy(dtype=float))
+def adjust_p_values(frame: pd.DataFrame, fdr: float | None) -> pd.DataFrame:
+    """Benjamini-Hochberg within each family: one phenomenon along one axis (its slices).
+
+    The family is what one question ("how does X change along this axis?")
+    tests; unrelated metrics classified in the same call do not change a
+    slice's verdict. A trend whose adjusted p exceeds `fdr` is demoted to
+    inconclusive (reason `not_significant_after_fdr`); `fdr=None` only adjusts."""
+    frame = frame.reset_index(drop=True)
+    frame["p_adjusted"] = math.nan
+    for _, family in frame.groupby(["phenomenon", "axis"], sort=False):
+        frame.loc[family.index, "p_adjusted"] = stats.benjamini_hochberg(family["p_value"].to_numpy(dtype=float))
     if fdr is not None and len(frame):
+        sizes = frame.groupby(["phenomenon", "axis"], sort=False)["verdict"].transform("size")
         demote = frame["verdict"].isin(TRENDS) & (frame["p_adjusted"] > fdr)
         for i in np.flatnonzero(demote.to_numpy()):
             old, p_adj = frame.at[i, "verdict"], frame.at[i, "p_adjusted"]
             frame.at[i, "detail"] = (
-                f"{old} ({frame.at[i, 'detail']}) not significant after Benjamini-Hochberg "
-                f"over {len(frame)} verdicts (adjusted p={p_adj:.2g} > {fdr:g})"
+                f"{old} ({frame.at[i, 'detail']}) not significant after Benjamini-Hochberg over the "
+                f"{sizes.iat[i]} slices of {frame.at[i, 'phenomenon']} along {frame.at[i, 'axis']} "
+                f"(adjusted p={p_adj:.2g} > {fdr:g})"
             )
             frame.at[i, "verdict"] = "inconclusive"
+            frame.at[i, "reason"] = "not_significant_after_fdr"
     return frame

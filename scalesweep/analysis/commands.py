@@ -50,7 +50,8 @@ def fit_command(
 
     power: y = E + A x^-alpha (needs x); chinchilla: L = E + A/N^alpha + B/D^beta
     (needs n, d); bnsl: one-break BNSL of Caballero et al. 2022 (needs x).
-    Rows where `exclude_col` is truthy (1, true, yes) are dropped first.
+    Rows where `exclude_col` is truthy (1, true, yes) are dropped first. The result's
+    `notes` say what the fit left out; a fit that does not converge is a UserError.
     """
     if law not in LAWS:
         raise UserError(f'unknown law "{law}"{did_you_mean(law, LAWS)}; valid laws are: {", ".join(LAWS)}.')
@@ -64,10 +65,22 @@ def fit_command(
         if given[opt] is None:
             raise UserError(f"law {law} needs --{opt} (a column of {table}).")
     col = {k: pd.to_numeric(frame[v], errors="coerce") for k, v in {**given, "y": y}.items() if v}
-    if law == "power":
-        result = fits.fit_power_law(col["x"], col["y"], n_boot=n_boot)
-    elif law == "bnsl":
-        result = fits.fit_bnsl(col["x"], col["y"], n_boot=n_boot)
-    else:
-        result = fits.fit_chinchilla(col["n"], col["d"], col["y"], n_boot=n_boot)
-    return result.table()
+    try:
+        if law == "power":
+            result = fits.fit_power_law(col["x"], col["y"], n_boot=n_boot)
+        elif law == "bnsl":
+            result = fits.fit_bnsl(col["x"], col["y"], n_boot=n_boot)
+        else:
+            result = fits.fit_chinchilla(col["n"], col["d"], col["y"], n_boot=n_boot)
+    except UserError as err:
+        raise type(err)(f"{table}: {err}") from None
+    return FitTable(result.table(), notes=result.notes)
+
+
+class FitTable(dict):
+    """{param: {"value", "ci_low", "ci_high"}}, with `notes`: what the fit dropped or could not do
+    (rows left out, resamples that did not converge, NaN intervals). The CLI prints the notes."""
+
+    def __init__(self, table: dict, notes: list[str] | None = None):
+        super().__init__(table)
+        self.notes = list(notes or [])

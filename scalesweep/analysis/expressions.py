@@ -1,6 +1,6 @@
 """A small, safe expression language over the columns of a runs table.
 
-Phenomena in `analysis/*.yaml` are written by researchers as short formulas
+Phenomena (`scalesweep/phenomena/*.yaml`, a project's `analysis/*.yaml`) are written by researchers as short formulas
 ("final_train_acc - final_test_acc", "steps_to_fit_test - steps_to_fit_train
 < gap"). We never hand such text to `eval`: it is parsed with `ast` and only a
 whitelist of node types is interpreted, vectorised with numpy, one value per

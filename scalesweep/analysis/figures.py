@@ -25,6 +25,8 @@ from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 sns.set_theme(style="whitegrid", context="notebook")
 
 MAX_LABELLED_TICKS = 12
+SMALL_MULTIPLES_FROM = 7  # from this many slices on, one panel per slice instead of one line each
+PANELS_PER_ROW = 5
 
 
 @dataclass
@@ -53,7 +55,11 @@ def strength_vs_axis(
 ) -> Path:
     """Strength against one scale axis on a log x axis, one line per slice
     (in `order`), with a band of the seed-to-seed 95% interval at each point,
-    the fitted laws of the verdicts and the presence threshold."""
+    the fitted laws of the verdicts and the presence threshold. From
+    `SMALL_MULTIPLES_FROM` slices on, small multiples instead: one panel per
+    slice, shared axes (so 30 or more slices stay readable on one page)."""
+    if len(order) >= SMALL_MULTIPLES_FROM:
+        return _small_multiples(points, axis, slice_col, order, title, ylabel, path, curves, presence)
     fig, ax = plt.subplots(figsize=(8.0, 4.4))
     data = points.dropna(subset=["strength"])
     palette_name = None if len(order) <= 10 else "husl"  # seaborn's default repeats after 10 colours
@@ -92,16 +98,48 @@ def strength_vs_axis(
     return _save(fig, path)
 
 
-def _draw_curves(ax, curves: Sequence[Curve], colours: dict) -> None:
+def _small_multiples(points, axis, slice_col, order, title, ylabel, path, curves, presence) -> Path:
+    """One panel per slice (seaborn's FacetGrid), shared x and y, its own fitted curve in each."""
+    data = points.dropna(subset=["strength"]).assign(**{slice_col: lambda t: t[slice_col].map(_plain)})
+    panels = [_plain(s) for s in order]
+    grid = sns.relplot(
+        data=data,
+        x=axis,
+        y="strength",
+        col=slice_col,
+        col_order=panels,
+        col_wrap=min(PANELS_PER_ROW, len(panels)),
+        kind="line",
+        marker="o",
+        errorbar=("ci", 95),
+        n_boot=200,
+        seed=0,
+        height=2.0,
+        aspect=1.3,
+        facet_kws=dict(sharex=True, sharey=True),
+    )
+    by_slice = {_plain(c.slice): c for c in curves}
+    for name, ax in grid.axes_dict.items():
+        if name in by_slice:
+            _draw_curves(ax, [by_slice[name]], {by_slice[name].slice: "black"}, legend=False)
+        _draw_presence(ax, presence, data["strength"])
+        ax.set_xscale("log")
+        ax.set_title(name, fontsize="x-small")
+    grid.set_axis_labels(_plain(axis), _plain(ylabel) if len(ylabel) <= 24 else "strength")
+    grid.figure.suptitle(_plain(title) + " (dashed: fitted curve)", y=1.0)
+    return _save(grid.figure, path)
+
+
+def _draw_curves(ax, curves: Sequence[Curve], colours: dict, legend: bool = True) -> None:
     labelled: set[str] = set()  # one legend entry per kind of law, not per slice
     for curve in curves:
         inside = curve.x <= curve.data_max * (1 + 1e-9)
         colour = colours.get(curve.slice, "black")
-        label = "_" if curve.label in labelled else _plain(curve.label)
+        label = "_" if curve.label in labelled or not legend else _plain(curve.label)
         ax.plot(curve.x[inside], curve.y[inside], ls="--", lw=1.2, color=colour, label=label)
         beyond = curve.x >= curve.data_max * (1 - 1e-9)
         if beyond.sum() > 1:
-            label = "_" if "extrapolated" in labelled else "extrapolated"
+            label = "_" if "extrapolated" in labelled or not legend else "extrapolated"
             ax.plot(curve.x[beyond], curve.y[beyond], ls=":", lw=1.5, color=colour, label=label)
             labelled.add("extrapolated")
         labelled.add(curve.label)

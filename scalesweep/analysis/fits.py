@@ -13,12 +13,22 @@
 Intervals are percentile bootstrap intervals over resampled points. Bootstrap
 replicates start from the point estimate only (one local optimisation each),
 which keeps them fast enough for tests.
+
+Fits never end in a traceback: unusable rows (missing, non-finite, outside the
+law's domain) are dropped and counted in `Fit.notes`; a point fit that does not
+converge (an optimiser error, an overflow, non-finite parameters) is a
+`FitFailed` (a `UserError`) naming the law and the points; a resample whose fit
+fails or overflows is left out of the intervals, and when fewer than half of the
+resamples converge the intervals are NaN, with a note saying so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +47,7 @@ class Fit:
     loss: float = math.nan
     n: int = 0
     boot: np.ndarray | None = field(default=None, repr=False)
+    notes: list[str] = field(default_factory=list)
 
     def table(self) -> dict[str, dict[str, float]]:
         """{name: {"value", "ci_low", "ci_high"}} for reports and the CLI."""
@@ -47,36 +58,141 @@ class Fit:
         }
 
 
-def _check(*arrays: np.ndarray, positive: bool = True) -> list[np.ndarray]:
-    out = [np.asarray(a, dtype=float) for a in arrays]
-    ok = np.all([np.isfinite(a) for a in out], axis=0)
-    if positive:
-        ok &= np.all([a > 0 for a in out[:-1]], axis=0)
+class FitFailed(UserError):
+    """A scaling-law fit that did not converge (or overflowed) on the given points."""
+
+
+# What a numerical optimisation may raise on hostile data: overflow in exp, non-finite
+# residuals at a start (scipy's ValueError), a singular Jacobian.
+NUMERIC_ERRORS = (ArithmeticError, ValueError, np.linalg.LinAlgError)
+MIN_CONVERGED_SHARE = 0.5  # fewer converged resamples than this share: no interval
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """No numpy/scipy warnings on the terminal: what matters is reported in `Fit.notes`."""
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+@contextlib.contextmanager
+def _point_fit(law: str, n: int) -> Iterator[None]:
+    """Turn a numerical failure of the point fit into one clear `FitFailed`."""
+    try:
+        yield
+    except NUMERIC_ERRORS as err:
+        raise FitFailed(
+            f"the {law} fit did not converge on these {n} points ({type(err).__name__}: {_first_line(err)}); "
+            f"check the columns (scales should be positive and span a range, values finite), or try another law."
+        ) from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else "no message"
+
+
+def _finite_or_fail(law: str, n: int, values: np.ndarray) -> None:
+    if not np.all(np.isfinite(values)):
+        raise FitFailed(
+            f"the {law} fit did not converge on these {n} points: its parameters came out non-finite "
+            f"(an overflow); check the columns, or try another law."
+        )
+
+
+def _exp(value: float) -> float:
+    """exp that gives inf instead of raising OverflowError (inf is then reported, not raised)."""
+    try:
+        return math.exp(value)
+    except OverflowError:
+        return math.inf
+
+
+def _check(*arrays, positive: bool = True, y_above: float | None = None, notes: list[str] | None = None):
+    """Finite rows with positive scales (and y above `y_above` where the law needs it).
+    Dropped rows are counted in `notes`; fewer than 4 usable points, or a single scale
+    value, is a UserError."""
+    try:
+        out = [np.asarray(a, dtype=float).reshape(-1) for a in arrays]
+    except (TypeError, ValueError) as err:
+        raise UserError(f"a scaling-law fit needs numeric columns ({_first_line(err)}).") from None
+    with np.errstate(invalid="ignore"):
+        ok = np.all([np.isfinite(a) for a in out], axis=0)
+        if positive:
+            ok &= np.all([a > 0 for a in out[:-1]], axis=0)
+        if y_above is not None:
+            ok &= out[-1] > y_above
+    dropped = int((~ok).sum())
     out = [a[ok] for a in out]
+    if dropped and notes is not None:
+        domain = "; scales must be positive" if positive else ""
+        domain += f"; values must be above {y_above:g}" if y_above is not None else ""
+        notes.append(f"{dropped} of {len(ok)} rows dropped: missing or non-finite values{domain}.")
     if len(out[0]) < 4:
-        raise UserError(f"a scaling-law fit needs at least 4 usable points, got {len(out[0])}.")
+        raise UserError(
+            f"a scaling-law fit needs at least 4 usable points, got {len(out[0])}"
+            f"{f' ({dropped} rows dropped as missing, non-finite or out of range)' if dropped else ''}."
+        )
+    for i, a in enumerate(out[:-1]):
+        if np.unique(a).size < 2:
+            which = "the scale (--x)" if len(out) == 2 else ("the --n", "the --d")[i]
+            raise UserError(
+                f"{which} column takes a single value ({a[0]:g}) in the {len(a)} usable rows"
+                f"{f' ({dropped} rows dropped as missing, non-finite or out of range)' if dropped else ''}: "
+                f"a scaling law needs scales that vary (at least 2 distinct values, better 4 or more)."
+            )
     return out
 
 
-def _percentiles(boot: np.ndarray, names: list[str], level: float) -> dict:
+def _identifiability_note(x_columns: list[np.ndarray], n_params: int, notes: list[str]) -> None:
+    distinct = len({tuple(row) for row in np.column_stack(x_columns)})
+    if distinct <= n_params:
+        notes.append(
+            f"only {distinct} distinct scale points for {n_params} parameters: the curve can pass through every "
+            f"point, so the parameters are poorly determined and the intervals are wide or meaningless."
+        )
+
+
+def _percentiles(boot: np.ndarray | None, names: list[str], level: float) -> dict:
+    if boot is None or boot.ndim != 2 or boot.shape[1] != len(names) or len(boot) == 0:
+        return {k: (math.nan, math.nan) for k in names}
     lo, hi = 50 * (1 - level), 50 * (1 + level)
     return {
-        k: (float(np.nanpercentile(boot[:, i], lo)), float(np.nanpercentile(boot[:, i], hi)))
-        for i, k in enumerate(names)
+        k: (float(np.percentile(boot[:, i], lo)), float(np.percentile(boot[:, i], hi))) for i, k in enumerate(names)
     }
 
 
-def _bootstrap(fit_once, arrays, n_boot: int, rng) -> np.ndarray:
+def _bootstrap(fit_once, arrays, n_boot: int, rng, notes: list[str] | None = None) -> np.ndarray:
+    """Refit on `n_boot` resamples. A resample whose fit raises, overflows or gives a
+    non-finite parameter is left out (and counted in `notes`); when fewer than half
+    converge the result is empty, so every interval is NaN."""
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     n = len(arrays[0])
     rows = []
     for _ in range(n_boot):
         idx = gen.integers(0, n, n)
         try:
-            rows.append(fit_once(*[a[idx] for a in arrays]))
-        except (ValueError, FloatingPointError, np.linalg.LinAlgError):
+            row = np.asarray(fit_once(*[a[idx] for a in arrays]), dtype=float)
+        except NUMERIC_ERRORS:
             continue
-    return np.array(rows) if rows else np.full((1, 1), np.nan)
+        if np.all(np.isfinite(row)):
+            rows.append(row)
+    failed = n_boot - len(rows)
+    if failed and notes is not None:
+        if len(rows) < MIN_CONVERGED_SHARE * n_boot:
+            notes.append(
+                f"only {len(rows)} of {n_boot} bootstrap resamples converged (the others did not converge or "
+                f"overflowed): no interval is given (NaN)."
+            )
+        else:
+            notes.append(
+                f"{failed} of {n_boot} bootstrap resamples did not converge or overflowed; the intervals use "
+                f"the other {len(rows)}."
+            )
+    if len(rows) < MIN_CONVERGED_SHARE * n_boot:
+        return np.empty((0, 0))
+    return np.array(rows)
 
 
 # --- saturating power law ---------------------------------------------------------
@@ -99,16 +215,23 @@ class PowerLawFit(Fit):
         est = _cross(self.params["E"], self.params["A"], self.params["alpha"], threshold)
         if self.boot is None or self.boot.shape[1] != 3:
             return est, math.nan, math.nan
+        if len(self.boot) == 0:
+            return est, math.nan, math.nan
         xs = np.array([_cross(e, a, al, threshold) for e, a, al in self.boot])
         lo, hi = 50 * (1 - level), 50 * (1 + level)
         return est, float(np.percentile(xs, lo)), float(np.percentile(xs, hi))
 
 
 def _cross(E: float, A: float, alpha: float, threshold: float) -> float:
+    if A == 0 or not math.isfinite(A):
+        return math.inf
     gap = (threshold - E) / A
     if alpha <= 0 or gap <= 0:
         return math.inf
-    return float(gap ** (-1.0 / alpha))
+    try:
+        return float(gap ** (-1.0 / alpha))
+    except (OverflowError, ZeroDivisionError):
+        return math.inf
 
 
 def _power_once(x, y, start=None) -> np.ndarray:
@@ -128,19 +251,24 @@ def _power_once(x, y, start=None) -> np.ndarray:
         if best is None or r.cost < best.cost:
             best = r
     e, la, al = best.x
-    return np.array([e, math.exp(la), al])
+    return np.array([e, _exp(la), al])
 
 
 def fit_power_law(x, y, n_boot: int = 200, level: float = 0.95, rng=0) -> PowerLawFit:
     """Least-squares fit of y = E + A x^(-alpha) with a point-resampling bootstrap."""
-    x, y = _check(x, y)
-    est = _power_once(x, y)
-    resid = y - (est[0] + est[1] * x ** (-est[2]))
-    boot = _bootstrap(lambda a, b: _power_once(a, b, est), (x, y), n_boot, rng) if n_boot else None
+    notes: list[str] = []
+    x, y = _check(x, y, notes=notes)
     names = ["E", "A", "alpha"]
-    ci = _percentiles(boot, names, level) if boot is not None and boot.shape[1] == 3 else {}
+    with _quiet():
+        with _point_fit("power", len(x)):
+            est = _power_once(x, y)
+            _finite_or_fail("power", len(x), est)
+            resid = y - (est[0] + est[1] * x ** (-est[2]))
+        _identifiability_note([x], len(names), notes)
+        boot = _bootstrap(lambda a, b: _power_once(a, b, est), (x, y), n_boot, rng, notes) if n_boot else None
+    ci = _percentiles(boot, names, level) if boot is not None else {}
     params = dict(zip(names, map(float, est), strict=True))
-    return PowerLawFit("power", params, ci, float(np.mean(resid**2)), len(x), boot)
+    return PowerLawFit("power", params, ci, float(np.mean(resid**2)), len(x), boot, notes)
 
 
 # --- Chinchilla ---------------------------------------------------------------------
@@ -194,12 +322,14 @@ def _chin_once(n, d, loss, starts) -> tuple[np.ndarray, float]:
         r = optimize.minimize(_chin_objective, s, args=args, jac=True, method="L-BFGS-B", options=_LBFGS)
         if r.fun < best_f:
             best_x, best_f = r.x, float(r.fun)
+    if best_x is None:
+        raise ValueError("the Huber loss is not finite from any start")
     return best_x, best_f
 
 
 def _chin_params(theta) -> np.ndarray:
     a, b, e, alpha, beta = theta
-    return np.array([math.exp(e), math.exp(a), math.exp(b), alpha, beta])
+    return np.array([_exp(e), _exp(a), _exp(b), alpha, beta])
 
 
 def chinchilla_starts() -> list[np.ndarray]:
@@ -240,15 +370,23 @@ def fit_chinchilla(n, d, loss, n_boot: int = 100, level: float = 0.95, rng=0, ke
     `keep`: how many of the grid starts (best initial loss first) are optimised;
     None optimises from every start, as the replication did.
     """
-    n, d, loss = _check(n, d, loss)
-    theta, f = _chin_once(n, d, loss, screen_starts(chinchilla_starts(), n, d, loss, keep))
+    notes: list[str] = []
+    n, d, loss = _check(n, d, loss, y_above=0.0, notes=notes)  # fitted on log-loss
     names = ["E", "A", "B", "alpha", "beta"]
     boot = None
-    if n_boot:
-        boot = _bootstrap(lambda a, b, c: _chin_params(_chin_once(a, b, c, [theta])[0]), (n, d, loss), n_boot, rng)
-    ci = _percentiles(boot, names, level) if boot is not None and boot.shape[1] == 5 else {}
-    params = dict(zip(names, map(float, _chin_params(theta)), strict=True))
-    return ChinchillaFit("chinchilla", params, ci, f, len(n), boot)
+    with _quiet():
+        with _point_fit("chinchilla", len(n)):
+            theta, f = _chin_once(n, d, loss, screen_starts(chinchilla_starts(), n, d, loss, keep))
+            values = _chin_params(theta)
+            _finite_or_fail("chinchilla", len(n), values)
+        _identifiability_note([n, d], len(names), notes)
+        if n_boot:
+            boot = _bootstrap(
+                lambda a, b, c: _chin_params(_chin_once(a, b, c, [theta])[0]), (n, d, loss), n_boot, rng, notes
+            )
+    ci = _percentiles(boot, names, level) if boot is not None else {}
+    params = dict(zip(names, map(float, values), strict=True))
+    return ChinchillaFit("chinchilla", params, ci, f, len(n), boot, notes)
 
 
 # --- broken neural scaling law (one break) -------------------------------------------
@@ -271,7 +409,7 @@ def _bnsl(x, a, b, c0, c1, d1, f1):
 
 
 def _bnsl_unpack(p):
-    return p[0], math.exp(p[1]), p[2], p[3], math.exp(p[4]), math.exp(p[5])
+    return p[0], _exp(p[1]), p[2], p[3], _exp(p[4]), _exp(p[5])
 
 
 def _bnsl_once(x, y, starts) -> tuple[np.ndarray, float]:
@@ -309,14 +447,20 @@ def bnsl_starts(x, y) -> list[np.ndarray]:
 
 def fit_bnsl(x, y, n_boot: int = 50, level: float = 0.95, rng=0) -> BNSLFit:
     """Caballero et al. 2022 one-break BNSL, least squares on log(y + 1)."""
-    x, y = _check(x, y)
-    p, cost = _bnsl_once(x, y, bnsl_starts(x, y))
+    notes: list[str] = []
+    x, y = _check(x, y, y_above=-1.0, notes=notes)  # fitted on log(y + 1)
     boot = None
-    if n_boot:
-        boot = _bootstrap(lambda a, b: np.array(_bnsl_unpack(_bnsl_once(a, b, [p])[0])), (x, y), n_boot, rng)
-    ci = _percentiles(boot, BNSL_NAMES, level) if boot is not None and boot.shape[1] == 6 else {}
-    params = dict(zip(BNSL_NAMES, map(float, _bnsl_unpack(p)), strict=True))
-    return BNSLFit("bnsl", params, ci, 2 * cost / len(x), len(x), boot)
+    with _quiet():
+        with _point_fit("bnsl", len(x)):
+            p, cost = _bnsl_once(x, y, bnsl_starts(x, y))
+            values = np.array(_bnsl_unpack(p))
+            _finite_or_fail("bnsl", len(x), values)
+        _identifiability_note([x], len(BNSL_NAMES), notes)
+        if n_boot:
+            boot = _bootstrap(lambda a, b: np.array(_bnsl_unpack(_bnsl_once(a, b, [p])[0])), (x, y), n_boot, rng, notes)
+    ci = _percentiles(boot, BNSL_NAMES, level) if boot is not None else {}
+    params = dict(zip(BNSL_NAMES, map(float, values), strict=True))
+    return BNSLFit("bnsl", params, ci, 2 * cost / len(x), len(x), boot, notes)
 
 
 def rmsle(pred, true) -> float:

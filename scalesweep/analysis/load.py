@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from scalesweep import track
 from scalesweep.errors import UserError
 
 AXIS_COLUMNS = ["model_size", "data_size", "seed"]
@@ -21,8 +20,11 @@ def runs_from_mlflow(
     sweep: str, experiment: str, tracking_uri: str | None = None, finished_only: bool = True
 ) -> pd.DataFrame:
     """Child runs of a sweep as a table: axes and grid values (from `scalesweep.*`
-    tags), every metric's latest value, status and ids. One paginated search."""
-    client = track.client_for(tracking_uri)
+    tags), every metric's latest value, status and ids. One paginated search.
+    MLflow is imported here, not at the top: a CSV table needs none of it."""
+    from scalesweep import track
+
+    client = track.client_for(tracking_uri, create=False)  # reading never creates a store
     found = client.get_experiment_by_name(experiment)
     if found is None:
         raise UserError(
@@ -39,6 +41,8 @@ def runs_from_mlflow(
 
 
 def _row(run) -> dict:
+    from scalesweep import track
+
     tags = run.data.tags
     prefix = f"{track.TAG}."
     row: dict = {

@@ -1,4 +1,9 @@
-"""The phenomenon catalog: declarative definitions in `analysis/*.yaml`.
+"""The phenomenon catalog: declarative definitions in YAML files.
+
+The built-in catalog ships inside the package (`scalesweep/phenomena/*.yaml`, package
+data, so a plain `pip install` has it). A project adds its own phenomena, or
+replaces a built-in one by its name, in an `analysis/` folder of the working
+directory (beside its `sweeps/`): that folder is searched first.
 
 A phenomenon is what a researcher looks for in every run: a *strength*
 expression over the run's summaries, which direction is "more pronounced",
@@ -26,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from scalesweep import safe_yaml
 from scalesweep.analysis import expressions
-from scalesweep.errors import UserError, did_you_mean, unknown_name
+from scalesweep.errors import UserError, did_you_mean
 
 OTHER = "other"
 
@@ -73,16 +78,30 @@ class Phenomenon(BaseModel):
         return exprs + ([self.alternative] if self.alternative else [])
 
 
+PROJECT_DIR = "analysis"  # a project's own phenomena, in the working directory
+
+
+def builtin_catalog_dir() -> Path:
+    """The catalog shipped with the package: `scalesweep/phenomena/`."""
+    return Path(__file__).resolve().parents[1] / "phenomena"
+
+
 def catalog_dir() -> Path:
-    """The catalog folder: `$SCALESWEEP_CATALOG`, else the repo's `analysis/`."""
+    """The base catalog: `$SCALESWEEP_CATALOG`, else the built-in `scalesweep/phenomena/`."""
     env = os.environ.get("SCALESWEEP_CATALOG")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "analysis"
+    return builtin_catalog_dir()
 
 
-def _dirs(search_dirs: Iterable[str | Path] | None) -> list[Path]:
-    return [Path(d) for d in search_dirs] if search_dirs is not None else [catalog_dir()]
+def search_dirs() -> list[Path]:
+    """Where a phenomenon name is looked up, first match wins: the project's `analysis/`
+    (in the working directory, where a spec's relative paths resolve too), then the catalog."""
+    return [Path.cwd() / PROJECT_DIR, catalog_dir()]
+
+
+def _dirs(dirs: Iterable[str | Path] | None) -> list[Path]:
+    return [Path(d) for d in dirs] if dirs is not None else search_dirs()
 
 
 def _files(search_dirs: Iterable[str | Path] | None) -> dict[str, Path]:
@@ -156,7 +175,7 @@ def load_phenomenon(
     if not (path.suffix in (".yaml", ".yml") and path.is_file()):
         files = _files(search_dirs)
         if name not in files:
-            raise unknown_name("phenomenon", name, files)
+            raise unknown_phenomenon(name, files, _dirs(search_dirs))
         path = files[name]
     data = _read_yaml(path)
     data.setdefault("name", path.stem)
@@ -167,6 +186,17 @@ def load_phenomenon(
         raise _validation_error(path, err) from None
     except UserError as err:
         raise UserError(f"phenomenon file {path}: {err}") from None
+
+
+def unknown_phenomenon(name: str, known: Iterable[str], dirs: list[Path]) -> UserError:
+    """'unknown phenomenon "x" (did you mean ...); valid phenomena are: ...', saying where it looked."""
+    valid = sorted(known)
+    where = " and ".join(str(d) for d in dirs)
+    listing = f"valid phenomena are: {', '.join(valid)}" if valid else "no phenomenon file was found"
+    return UserError(
+        f'unknown phenomenon "{name}"{did_you_mean(name, valid)}; {listing} (looked in {where}). '
+        f"Add your own as a YAML file in ./{PROJECT_DIR}/, or give a path to one."
+    )
 
 
 def evaluate(runs: pd.DataFrame, ph: Phenomenon) -> pd.DataFrame:

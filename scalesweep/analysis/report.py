@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from scalesweep.analysis import classify, figures, fits
+from scalesweep.analysis import classify, figures, fits, stats
 from scalesweep.analysis.advice import advice
 from scalesweep.analysis.classify import VERDICT_COLUMNS, VERDICTS
 from scalesweep.analysis.phenomena import Phenomenon, evaluate
@@ -194,11 +194,25 @@ def _axis_figure(
         curves=curves,
         presence=ph.presence,
     )
+    spread = (
+        "mean over seeds with its 95% interval"
+        if _replicated(table, axis)
+        else "one value per model; noise from the scatter around the trend"
+    )
     caption = (
-        f"{ph.name} along {axis} (log scale): mean over seeds with its 95% interval, one line per slice; "
-        "dashed: the fitted law, dotted: its extrapolation"
+        f"{ph.name} along {axis} (log scale): {spread}, one line (or panel) per slice; "
+        "dashed: the fitted curve of the verdict, dotted: its extrapolation"
     )
     return _figure(png, caption, ph.name, axis, "strength")
+
+
+def _replicated(table: pd.DataFrame, axis: str) -> bool:
+    """As the classifier decides it: most scale points of a slice hold two or more values."""
+    finite = table[np.isfinite(pd.to_numeric(table["strength"], errors="coerce"))]
+    if finite.empty:
+        return False
+    counts = finite.groupby(["slice", axis] if "slice" in finite else [axis]).size()
+    return bool((counts >= 2).mean() > 0.5)
 
 
 def _with_slices(table: pd.DataFrame, study: Study, axis: str) -> tuple[pd.DataFrame, list[str]]:
@@ -220,23 +234,70 @@ def _with_slices(table: pd.DataFrame, study: Study, axis: str) -> tuple[pd.DataF
 
 
 def _law(points: pd.DataFrame, axis: str, row: pd.Series, ph: Phenomenon) -> _Law | None:
-    """The law behind a verdict. Where the classifier found the trend curved in
-    log scale and there are enough points, a saturating power law; otherwise the
-    classifier's own straight line in log scale (a power law would only
-    degenerate to it, alpha -> 0, after a long and costly fit)."""
+    """The curve behind a verdict, whatever its kind: the U (quadratic or broken line) of a
+    shape, the clipped ramp of an abrupt onset, and for trends, where the classifier found
+    the trend curved in log scale and there are enough points, a saturating power law;
+    otherwise the classifier's own straight line in log scale. A bounded strength (all
+    values within [0, 1], or all non-negative) is never drawn outside its bounds."""
     x = pd.to_numeric(points[axis], errors="coerce").to_numpy(dtype=float)
     y = pd.to_numeric(points["strength"], errors="coerce").to_numpy(dtype=float)
     ok = np.isfinite(x) & np.isfinite(y) & (x > 0)
     x, y = x[ok], y[ok]
     if len(np.unique(x)) < 2 or not _finite(row["effect"]):
         return None
+    law = _shape_law(x, y, axis, row)
+    if law is None:
+        law = _trend_law(x, y, axis, row, ph)
+    if law is not None:
+        lo, hi = _bounds(y)
+        law.curve.y = np.clip(law.curve.y, lo, hi)
+    return law
+
+
+def _bounds(y: np.ndarray) -> tuple[float, float]:
+    if y.min() >= 0 and y.max() <= 1:
+        return 0.0, 1.0
+    return (0.0, math.inf) if y.min() >= 0 else (-math.inf, math.inf)
+
+
+def _shape_law(x: np.ndarray, y: np.ndarray, axis: str, row: pd.Series) -> _Law | None:
+    """The fitted U (broken line or quadratic) or clipped ramp, over the measured range only."""
+    reason = _text(row, "reason")
+    if reason not in ("u_shape", "inverted_u", "abrupt_onset", "abrupt_offset"):
+        return None
+    u = np.log10(x)
+    pts = stats.points_of(np.unique(u, return_inverse=True)[1], u, y, stats.is_replicated(u))
+    grid = np.geomspace(x.min(), x.max(), 80)
+    g = np.log10(grid)
+    if reason.startswith("abrupt"):
+        ramp = stats.ramp(pts, "low" if reason == "abrupt_onset" else "high")
+        if ramp is None:
+            return None
+        curve_y = ramp.a + ramp.b * np.clip(g, ramp.c1, ramp.c2)
+        words = f"clipped ramp: flat to {axis} = {10**ramp.c1:.3g}, linear to {10**ramp.c2:.3g}, then flat"
+        return _Law(figures.Curve(str(row["slice"]), grid, curve_y, "onset model", x.max()), words)
+    if "broken line" in _text(row, "detail"):
+        hinge = stats.hinge(pts)
+        if hinge is None:
+            return None
+        a, left, right = hinge.fit.coef
+        curve_y = a + left * np.minimum(g - hinge.c, 0) + right * np.maximum(g - hinge.c, 0)
+        words = f"broken line: {left:+.3g} per decade up to {axis} = {10**hinge.c:.3g}, then {right:+.3g}"
+        return _Law(figures.Curve(str(row["slice"]), grid, curve_y, "U fit", x.max()), words)
+    fit, centre = stats.polynomial(pts, 2)
+    curve_y = fit.coef[0] + fit.coef[1] * (g - centre) + fit.coef[2] * (g - centre) ** 2
+    words = f"quadratic in log10 {axis}, extremum near {_fmt(row['transition'])}"
+    return _Law(figures.Curve(str(row["slice"]), grid, curve_y, "U fit", x.max()), words)
+
+
+def _trend_law(x: np.ndarray, y: np.ndarray, axis: str, row: pd.Series, ph: Phenomenon) -> _Law | None:
     grid = np.geomspace(x.min(), x.max() * EXTRAPOLATE, 60)
     curved = row.get("shape") in ("accelerating", "decelerating")
     if row["verdict"] in FITTED and curved and len(np.unique(x)) >= MIN_FIT_POINTS:
         law = _power_law(x, y, grid, axis, row, ph)
         if law is not None:
             return law
-    if row["verdict"] not in TREND_DRAWN:
+    if row["verdict"] not in TREND_DRAWN and _text(row, "reason") != "sign_flip":
         return None
     u = np.log10(x)
     intercept = y.mean() - row["effect"] * u.mean()  # least squares on the runs, as the classifier fits it
@@ -276,6 +337,7 @@ def _evidence_table(verdicts: pd.DataFrame, laws: list[tuple[pd.Series, _Law]]) 
     law_of = {(r["axis"], r["slice"]): law.words for r, law in laws}
     flagged = _any_text(verdicts, "flag")
     alternative = _any_text(verdicts, "alt_verdict")
+    replicated = not verdicts["noise"].fillna("").astype(str).str.startswith("one value per model").all()
     head = (
         [
             "axis",
@@ -288,7 +350,7 @@ def _evidence_table(verdicts: pd.DataFrame, laws: list[tuple[pd.Series, _Law]]) 
             "p adjusted",
             "transition",
             "points",
-            "seeds",
+            "seeds" if replicated else "values per point",
             "fitted law",
         ]
         + (["on the alternative metric"] if alternative else [])
@@ -307,7 +369,7 @@ def _evidence_table(verdicts: pd.DataFrame, laws: list[tuple[pd.Series, _Law]]) 
             _fmt(r.get("p_adjusted")),
             _fmt(r["transition"]),
             _fmt(r["n_points"]),
-            _fmt(r["n_seeds"]),
+            _fmt(r["n_seeds"]) if replicated else "1",
             law_of.get((r["axis"], r["slice"]), ""),
         ]
         if alternative:
@@ -316,12 +378,18 @@ def _evidence_table(verdicts: pd.DataFrame, laws: list[tuple[pd.Series, _Law]]) 
         if flagged:
             cells.append(_text(r, "flag"))
         rows.append(_row(r["verdict"], cells))
+    units = (
+        "over seeds within each point (or over whole points where the point means scatter more than seeds)"
+        if replicated
+        else "over models (one value per model; noise from the scatter around the trend)"
+    )
     note = (
         "<p class='note'>effect: change of the strength per tenfold increase of the axis (least squares on "
-        "log10 of the axis); p: the test behind the verdict (slope, shape, regime flip, or equivalence for "
-        "<i>persistent</i>); p adjusted: Benjamini-Hochberg over all verdicts of this report; confidence: share "
-        "of bootstrap resamples over seeds that give the same verdict; transition: the scale where the "
-        "phenomenon changes (emerges, vanishes, changes regime or sign).</p>"
+        "log10 of the axis, the scale points as the units); p: the test behind the verdict (slope, shape, regime "
+        "flip, or equivalence for <i>persistent</i>); p adjusted: Benjamini-Hochberg over the slices of one "
+        f"phenomenon along one axis; confidence: share of bootstrap resamples {units} that give the same "
+        "verdict; transition: the scale where the phenomenon changes (emerges, vanishes, changes regime or "
+        "sign, or the extremum of a U).</p>"
     )
     return _table(head, rows, "evidence") + note
 
@@ -402,15 +470,30 @@ def _table(head: list[str], rows: list[str], css: str) -> str:
 # --- the first screen ---------------------------------------------------------------
 
 
-def _verdict_table(verdicts: pd.DataFrame) -> str:
-    head = ["phenomenon", "axis", "slice", "verdict", "detail", "confidence"]
+def _verdict_table(verdicts: pd.DataFrame, phenomena: list[Phenomenon]) -> str:
+    head = ["phenomenon", "axis", "slice", "verdict", "in words", "detail", "confidence"]
+    direction = {ph.name: ph.direction for ph in phenomena}
     rows = []
     for _, r in verdicts.iterrows():
         link = f"<a href='#{_anchor(r['phenomenon'])}'>{_e(r['phenomenon'])}</a>"
         detail = r["detail"] + ("; FLAGGED: see the evidence" if _text(r, "flag") else "")
-        cells = [r["axis"], r["slice"], r["verdict"], detail, _pct(r["confidence"])]
+        words = in_words(r, direction.get(r["phenomenon"], "higher"))
+        cells = [r["axis"], r["slice"], r["verdict"], words, detail, _pct(r["confidence"])]
         rows.append(_row(r["verdict"], cells, lead=link))
     return _table(head, rows, "verdicts")
+
+
+def in_words(row: pd.Series | dict, direction: str) -> str:
+    """The verdict in the table's own direction: "brier falls with n_params (more pronounced:
+    lower counts as more)" beside `expansion`, so that a word never reads against the metric."""
+    verdict, name, axis = row["verdict"], row["phenomenon"], row["axis"]
+    effect = row.get("effect")
+    if verdict not in ("expansion", "shrinkage") or not _finite(effect):
+        return MEANINGS.get(verdict, "")
+    moves = "rises" if float(effect) > 0 else "falls"
+    more = "more" if verdict == "expansion" else "less"
+    which = "higher" if direction == "higher" else "lower"
+    return f"{name} {moves} with {axis} ({more} pronounced: {which} counts as more)"
 
 
 def _legend(verdicts: pd.DataFrame) -> str:
@@ -470,7 +553,7 @@ def _page(
         _study_header(study, runs, phenomena, verdicts)
         + "<h2 id='verdicts'>Verdicts</h2>"
         + _legend(verdicts)
-        + _verdict_table(verdicts)
+        + _verdict_table(verdicts, phenomena)
         + "".join(f"<section class='phenomenon'>{s}</section>" for s in sections)
     )
     colours = "\n".join(f".v-{v} {{ background: {c}; }}" for v, c in VERDICT_COLOURS.items())
