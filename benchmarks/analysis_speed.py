@@ -8,7 +8,10 @@ CPU seconds are the figure that does not depend on the neighbours):
   x 25 data sizes x 16 seeds) for 5 catalog phenomena, along both axes
   (goal: at most 10 s);
 - load: `runs_from_mlflow` (what `scalesweep report` reads) on an MLflow sqlite
-  store holding 10,000 finished child runs of one sweep (goal: at most 30 s).
+  store holding 10,000 finished child runs of one sweep (goal: at most 30 s);
+- csv: the whole `scalesweep classify TABLE.csv` command, as a user runs it, on a
+  published-table-style CSV of 500 rows in 9 slices (one value per model; goal:
+  at most 2 s wall), against the classification alone inside it.
 
 The store's schema and one template run are written by MLflow itself; the
 other 9,999 runs are copies of the template's rows with their own ids, tags
@@ -24,6 +27,8 @@ import argparse
 import os
 import sqlite3
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -153,6 +158,39 @@ def time_load(uri: str, expected: int) -> tuple[float, float]:
     return seconds, time.process_time() - cpu
 
 
+# ---------------------------------------------------------------- the CSV command
+
+
+def csv_table(rows: int = 500, slices: int = 9, seed: int = 0) -> pd.DataFrame:
+    """A published-table-style CSV: `slices` tasks, one value per model at irregular scales."""
+    rng = np.random.default_rng(seed)
+    per = rows // slices
+    parts = []
+    for task in range(slices):
+        u = np.sort(rng.uniform(-1, 3, per))
+        score = np.clip(0.25 + 0.7 / (1 + np.exp(-(u - 1 - 0.2 * task) / 0.3)) + rng.normal(0, 0.03, per), 0, 1)
+        parts.append(pd.DataFrame({"task": f"task{task}", "flops": 10**u, "score": score}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def time_csv_command(workdir: Path) -> tuple[float, float]:
+    """(wall seconds of the whole command, seconds of the classification alone)."""
+    table = csv_table()
+    path = workdir / "table.csv"
+    table.to_csv(path, index=False)
+    command = [sys.executable, "-m", "scalesweep", "classify", str(path), "--axis", "flops", "--value", "score"]
+    command += ["--group", "task", "--presence", "0.3", "--out", str(workdir / "out")]
+    started = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    wall = time.perf_counter() - started
+    from scalesweep.analysis.phenomena import Phenomenon
+
+    ph = Phenomenon(name="score", strength="score", presence=0.3, min_effect=0.05)
+    started = time.perf_counter()
+    classify_runs(table, [ph], ["flops"], ["task"], seed=None)
+    return wall, time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=3)
@@ -173,6 +211,10 @@ def main() -> None:
         for _ in range(args.reps):
             load_times.append(time_load(uri, len(runs)))
             print(f"load: {load_times[-1][0]:.1f} s wall, {load_times[-1][1]:.1f} s CPU", flush=True)
+        csv_times = []
+        for _ in range(args.reps):
+            csv_times.append(time_csv_command(Path(workdir)))
+            print(f"csv command: {csv_times[-1][0]:.2f} s wall, of which classification {csv_times[-1][1]:.2f} s")
     print(f"\nmedians over {args.reps}; load average after: {os.getloadavg()[0]:.2f}")
     print(f"{'':44}{'wall s':>8}{'CPU s':>8}  goal")
     for what, times, goal in (
@@ -181,6 +223,11 @@ def main() -> None:
     ):
         wall, cpu = statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
         print(f"{what:<44}{wall:>8.1f}{cpu:>8.1f}  <= {goal} s")
+    wall, inner = statistics.median(t[0] for t in csv_times), statistics.median(t[1] for t in csv_times)
+    print(
+        f"{'scalesweep classify: 500-row CSV, 9 slices':<44}{wall:>8.2f}{'':>8}  <= 2 s "
+        f"(classification alone {inner:.2f} s: {wall / inner:.1f}x of it is start-up and report)"
+    )
 
 
 if __name__ == "__main__":

@@ -176,9 +176,6 @@ def run(
 
     loaded = _load(spec)
     _confirm_size(spec, loaded.n_runs, yes, "run")
-    from scalesweep.plan import plan
-
-    _warn_axes(loaded, plan(loaded))  # and go on: the runs are still data
     outcome = run_sweep(
         loaded, address=address, tracking_uri=tracking_uri, force=force, rerun_failed=rerun_failed, console=err
     )

@@ -5,12 +5,20 @@ say no: `ray.init` on an address where nothing listens retries for minutes,
 and a task asking for a GPU the cluster lacks waits forever. A TCP probe of
 the address answers in seconds; comparing each run's request with the alive
 nodes' resources turns the silent wait into a clear error.
+
+Without an address, `ray.init()` joins the local cluster that the last
+`ray start --head` recorded (`/tmp/ray/ray_current_cluster`), even when that
+head died without `ray stop`: then it retries "Failed to connect to GCS"
+forever. So the record is probed first, and a dead one is passed over (with
+one line saying so) for a local instance of the sweep's own.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +61,55 @@ def _host_port(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def connect(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join the cluster at `address`, or start a local Ray instance when there is none."""
+def recorded_local_cluster() -> tuple[str, Path] | None:
+    """(address, record file) of the local cluster `ray.init()` would join without an address:
+    the one the last `ray start --head` on this machine recorded; None when there is no record."""
+    try:
+        from ray._common.utils import get_ray_address_file  # where this Ray version keeps it
+
+        path = Path(get_ray_address_file(None))
+    except (ImportError, AttributeError):
+        temp = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+        path = Path(temp) / "ray" / "ray_current_cluster"
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return (text, path) if text else None
+
+
+def answers(address: str, timeout: float = PROBE_SECONDS) -> bool:
+    """Whether something accepts a TCP connection at a host:port address."""
+    try:
+        host, port = _host_port(address)
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except (OSError, UserError, ValueError):
+        return False
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def connect(
+    address: str | None = None, num_cpus: int | None = None, notify: Callable[[str], None] | None = None
+) -> None:
+    """Join the cluster at `address`; without one, the live local cluster Ray recorded, else a
+    new local Ray instance (a record whose head does not answer is passed over, said in one line)."""
     if ray.is_initialized():
         return
     options: dict[str, Any] = {"log_to_driver": False, "logging_level": "ERROR", "configure_logging": True}
     if address is None:
+        recorded = recorded_local_cluster()
+        if recorded is not None and not answers(recorded[0]):
+            (notify or _say)(
+                f"Ray's record of a local cluster ({recorded[1]}) names {recorded[0]}, where nothing answers "
+                f"(a `ray start --head` that ended without `ray stop`?); starting a local Ray instance for this "
+                f"sweep instead (`ray stop` clears the record)."
+            )
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **options)
+            return
         ray.init(num_cpus=num_cpus, include_dashboard=False, **options)
         return
     check_reachable(address)

@@ -25,6 +25,7 @@ from scalesweep import cluster, track
 from scalesweep.curves import curves_figure
 from scalesweep.errors import first_line
 from scalesweep.plan import RunConfig, group_by_ensemble, plan
+from scalesweep.preview import axis_warnings
 from scalesweep.spec import SweepSpec
 from scalesweep.worker import train_task
 
@@ -107,6 +108,8 @@ def run_sweep(
         console.print(f"[green]all {len(configs)} runs of {escape(spec.name)} already finished[/green]")
         tracker.log_outcome(track.sweep_counts(tracker.child_runs(), configs), int(time.time() * 1000))
         return outcome
+    for warning in axis_warnings(spec, configs):  # said before running; the sweep goes on (its runs are data)
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
     console.print(f"{escape(spec.name)}: {len(todo)} runs to do, {outcome.skipped} already done")
     tracker.sweep_started()
     try:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -145,6 +149,91 @@ def start_mlflow_server(folder: Path, port: int) -> subprocess.Popen:
     if server.poll() is not None:
         raise RuntimeError(f"mlflow server exited with {server.returncode}; see {folder}")
     return server
+
+
+# ---------------------------------------------------------------- services shared by the tests of a session
+
+RAY_ENV = {"RAY_AUTH_MODE": "disabled"}  # see Cluster: a loopback-only test cluster
+
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """An MLflow sqlite store with its tables and nothing else. A new store costs MLflow seconds
+    of schema migrations; a test that copies this one into its folder (`fresh_store`) does not."""
+    from mlflow.tracking import MlflowClient
+
+    store = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{store}").search_experiments()  # creates the tables
+    return store
+
+
+def fresh_store(folder: Path, empty_store: Path) -> str:
+    """A copy of the empty store as `folder`/mlflow.db (the default store of a CLI run there); its URI."""
+    shutil.copy(empty_store, folder / "mlflow.db")
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+@dataclass
+class Cluster:
+    gcs: str  # host:port, for --address
+    dashboard: str  # http://host:port, for the Jobs API
+
+
+def _node_ports() -> list[str]:
+    """Every port a node listens on, chosen free: two nodes share this machine (and other engineers' Rays)."""
+    names = ["node-manager", "object-manager", "dashboard-agent-listen", "dashboard-agent-grpc", "runtime-env-agent"]
+    names.append("metrics-export")
+    return [arg for name in names for arg in (f"--{name}-port", str(free_port()))]
+
+
+def alive_nodes(gcs: str) -> int:
+    """Alive nodes as `ray status` lists them (one ` 1 node_<id>` line each under Active)."""
+    status = subprocess.run(
+        ["ray", "status", "--address", gcs], capture_output=True, text=True, env=clean_env(**RAY_ENV), timeout=60
+    )
+    active = status.stdout.partition("Active:")[2].partition("Pending:")[0]
+    return len(re.findall(r"^\s*\d+ node_", active, flags=re.MULTILINE))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One Ray cluster for the session: a head (2 CPUs, dashboard) and a worker node (1 CPU) on
+    127.0.0.1, stopped at the end. Sweeps that need only "a Ray" run on it by --address (each CLI
+    run would otherwise start and stop a local instance, seconds each); tests that kill a driver
+    with its local Ray, or test the local default itself, keep their own.
+
+    Every process here is started by the fixture in its own session and stopped by it
+    (`kill_session`), never with `ray stop`, which would stop every Ray on the machine. Ray 2.60
+    turns token authentication on for a new head when ~/.ray/auth_token exists, and a worker
+    node started by `ray start --address` does not send the token, so the cluster and its
+    clients run with RAY_AUTH_MODE=disabled (RAY_ENV)."""
+    temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths must fit in 107 chars
+    gcs, dashboard = free_port(), free_port()
+    env = clean_env(**RAY_ENV)
+    head_args = ["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs)]
+    head_args += ["--num-cpus", "2", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1"]
+    head_args += ["--dashboard-port", str(dashboard), "--ray-client-server-port", str(free_port())]
+    head_args += ["--temp-dir", str(temp), "--disable-usage-stats", *_node_ports()]
+    worker_args = ["ray", "start", "--block", "--address", f"127.0.0.1:{gcs}", "--num-cpus", "1"]
+    worker_args += ["--node-ip-address", "127.0.0.1", "--disable-usage-stats", *_node_ports()]
+    nodes = [spawn(head_args, temp, temp / "head.log", env)]
+    try:
+        assert wait_until(lambda: answers(f"http://127.0.0.1:{dashboard}/api/version"), 180), "no Ray dashboard"
+        nodes.append(spawn(worker_args, temp, temp / "worker.log", env))
+        assert wait_until(lambda: alive_nodes(f"127.0.0.1:{gcs}") == 2, 180, interval=1), "no second node"
+        yield Cluster(gcs=f"127.0.0.1:{gcs}", dashboard=f"http://127.0.0.1:{dashboard}")
+    finally:
+        for node in reversed(nodes):
+            kill_session(node, signal.SIGTERM)
+        wait_until(lambda: all(node.poll() is not None for node in nodes), 10, interval=0.2)  # drains up to 30 s
+        for node in nodes:
+            kill_session(node)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def run_on(cluster: Cluster, spec: Path, *args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`scalesweep run SPEC ARGS` on the session's shared Ray cluster."""
+    return cli("run", str(spec), "--address", cluster.gcs, *args, cwd=cwd, env=RAY_ENV, timeout=timeout)
 
 
 # ---------------------------------------------------------------- small fast sweeps, read back from MLflow

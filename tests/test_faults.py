@@ -20,13 +20,16 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import (
+    RAY_ENV,
     child_runs,
     clean_env,
     cli,
     fast_spec,
     free_port,
+    fresh_store,
     kill_session,
     planned_keys,
+    run_on,
     spawn,
     start_mlflow_server,
     wait_until,
@@ -111,13 +114,13 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
-def test_a_store_left_mid_write_by_a_killed_driver_is_resumed(workdir):
+def test_a_store_left_mid_write_by_a_killed_driver_is_resumed(workdir, ray_cluster):
     uri = f"sqlite:///{workdir}/mlflow.db"
     MlflowClient(uri).create_experiment("made before the crash")
     killed = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(workdir / "mlflow.db")], check=False)
     assert killed.returncode == -signal.SIGKILL and (workdir / "mlflow.db-journal").exists()
     spec = write_spec(workdir, fast_spec("journal", widths=(4,), sizes=(20,)))
-    result = cli("run", str(spec), cwd=workdir, timeout=400)
+    result = run_on(ray_cluster, spec, cwd=workdir, timeout=400)
     assert result.returncode == 0, result.stdout + result.stderr
     assert_complete(uri, "journal", spec, steps=20)
     assert MlflowClient(uri).get_experiment_by_name("made before the crash") is not None
@@ -147,12 +150,13 @@ def test_a_killed_worker_is_retried_and_the_sweep_completes(workdir):
     assert all("worker died" in r.data.tags["scalesweep.abandoned"] for r in killed)
 
 
-def test_a_failing_run_is_recorded_a_nan_loss_diverges_and_the_others_finish(workdir):
+def test_a_failing_run_is_recorded_a_nan_loss_diverges_and_the_others_finish(workdir, empty_store, ray_cluster):
     # One sweep for both (a driver start costs more than these runs): fail_at_step 1000 is past the
     # last step, so those runs finish; lr 100 with SGD makes the loss NaN by the step-10 evaluation.
     grid = "grid: {training.fail_at_step: [5, 1000], training.lr: [0.01, 100]}"
     spec = write_spec(workdir, fast_spec("faulty", widths=(8,), sizes=(30,), optimizer="sgd", extra=grid))
-    result = cli("run", str(spec), cwd=workdir, timeout=400)
+    fresh_store(workdir, empty_store)
+    result = run_on(ray_cluster, spec, cwd=workdir, timeout=400)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "4 finished, 4 failed" in result.stdout
     assert result.stdout.count("FAILED") == 4 and "InjectedFailure" in result.stdout
@@ -174,30 +178,34 @@ def test_a_failing_run_is_recorded_a_nan_loss_diverges_and_the_others_finish(wor
     assert diverged == {"0.01": 0.0, "100.0": 1.0}
 
 
-def test_sixteen_concurrent_runs_on_sqlite_lose_nothing(workdir):
+def test_sixteen_concurrent_runs_on_sqlite_lose_nothing(workdir, empty_store, ray_cluster):
     spec = fast_spec("sixteen", widths=(4, 5, 6, 7), sizes=(20, 25, 30, 35), seeds=1, steps=40, cpus=0.125)
     spec_path = write_spec(workdir, spec)
-    result = cli("run", str(spec_path), cwd=workdir, timeout=400)
+    fresh_store(workdir, empty_store)
+    result = run_on(ray_cluster, spec_path, cwd=workdir, timeout=400)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "database is locked" not in output.lower()
     assert_complete(f"sqlite:///{workdir}/mlflow.db", "sixteen", spec_path, steps=40)
 
 
-def test_mlflow_server_stopped_mid_sweep(workdir):
+def test_mlflow_server_stopped_mid_sweep(workdir, ray_cluster):
     port = free_port()
     server = start_mlflow_server(workdir, port)
     uri = f"http://127.0.0.1:{port}"
-    env = {"SCALESWEEP_TRACKING_PATIENCE": "20", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    env = {"SCALESWEEP_TRACKING_PATIENCE": "20", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", **RAY_ENV}
     spec = write_spec(workdir, fast_spec("outage", steps=600))
     try:
-        driver, log = start_driver(spec, workdir, "--tracking-uri", uri, env=env)
+        address = ("--address", ray_cluster.gcs)
+        driver, log = start_driver(spec, workdir, "--tracking-uri", uri, *address, env=env)
         assert wait_until(lambda: child_runs(uri, "outage") or driver.poll() is not None, 180)
         assert driver.poll() is None, "the sweep ended before the server could be stopped"
         kill_session(server, signal.SIGTERM)
         assert wait_until(lambda: server.poll() is not None, 30)
         kill_session(server)
-        time.sleep(5)
+        # The outage lasts until the driver has met it (it writes rows every few seconds), no longer.
+        noticed = wait_until(lambda: "unreachable" in log.read_text(encoding="utf-8") or driver.poll() is not None, 60)
+        assert noticed, log.read_text(encoding="utf-8")
         server = start_mlflow_server(workdir, port)  # same port, same store
         code, output = driver.wait(timeout=400), log.read_text(encoding="utf-8")
         assert code in (0, 2), output
@@ -205,17 +213,18 @@ def test_mlflow_server_stopped_mid_sweep(workdir):
         assert "unreachable" in output, "the outage is reported, not silent"
         if code == 2:
             assert "run the same command again" in output
-        rerun = cli("run", str(spec), "--tracking-uri", uri, cwd=workdir, env=env, timeout=400)
+        rerun = cli("run", str(spec), "--tracking-uri", uri, *address, cwd=workdir, env=env, timeout=400)
         assert rerun.returncode == 0, rerun.stdout + rerun.stderr
         assert_complete(uri, "outage", spec, steps=600)
     finally:
         kill_session(server)
 
 
-def test_two_hundred_runs_at_full_concurrency(workdir):
+def test_two_hundred_runs_at_full_concurrency(workdir, empty_store, ray_cluster):
     spec = fast_spec("load", widths=(4, 8), sizes=(20, 25, 30, 35, 40), seeds=20, cpus=0.2)
     spec_path = write_spec(workdir, spec)
-    result = cli("run", str(spec_path), cwd=workdir, timeout=600)
+    fresh_store(workdir, empty_store)
+    result = run_on(ray_cluster, spec_path, cwd=workdir, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "200 finished, 0 failed" in result.stdout
     runs = assert_complete(f"sqlite:///{workdir}/mlflow.db", "load", spec_path, steps=20)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import yaml
 
@@ -104,23 +103,22 @@ def test_plan_warns_of_an_axis_with_two_points_or_a_short_span(workdir):
     assert json.loads(held.stdout)  # --json output stays pure JSON
 
 
-def test_run_warns_before_running_and_goes_on(workdir, monkeypatch):
-    from typer.testing import CliRunner
+def test_run_warns_before_running_and_goes_on(workdir, monkeypatch, empty_store):
+    """`run` says it before any task starts, then runs the sweep all the same (Ray left out here:
+    the driver loop is replaced by a recorder)."""
+    from rich.console import Console
 
-    from scalesweep import execute
-    from scalesweep.cli import app
-    from tests.conftest import fast_spec
+    from scalesweep import cluster, execute
+    from tests.conftest import fast_spec, fresh_store
 
-    calls = []
-
-    def fake_run_sweep(spec, **kwargs):
-        calls.append(spec.name)
-        print("TRAINING", file=sys.stderr)
-        return execute.SweepOutcome(planned=8, finished=8)
-
-    monkeypatch.setattr(execute, "run_sweep", fake_run_sweep)
-    result = CliRunner().invoke(app, ["run", str(write_spec(workdir, fast_spec("short")))])
-    assert result.exit_code == 0 and calls == ["short"], result.output
-    assert "warning: axis model_size [4, 8] has 2 points" in result.stderr
-    assert result.stderr.index("warning: axis data_size") < result.stderr.index("TRAINING")  # before it runs
-    assert "short: 8 finished, 0 failed" in result.stdout
+    console, driven = Console(record=True, width=300), []
+    monkeypatch.setattr(cluster, "connect", lambda address=None: None)
+    monkeypatch.setattr(cluster, "check_fits", lambda requests: None)
+    monkeypatch.setattr(execute, "_drive", lambda spec, todo, *rest: driven.append((len(todo), console.export_text())))
+    spec = parse_spec(fast_spec("short"))
+    execute.run_sweep(spec, tracking_uri=fresh_store(workdir, empty_store), console=console)
+    ((n_todo, said_before_running),) = driven  # the sweep went on
+    assert n_todo == 8
+    assert "warning: axis model_size [4, 8] has 2 points (needs 3) and a 2x span (needs 4x)" in said_before_running
+    assert "warning: axis data_size [20, 30] has 2 points" in said_before_running
+    assert said_before_running.index("warning: axis") < said_before_running.index("8 runs to do")

@@ -13,7 +13,7 @@ from scalesweep.analysis.phenomena import Phenomenon
 from scalesweep.plan import plan
 from scalesweep.refine import propose, record
 from scalesweep.spec import load_spec, refine_path
-from tests.conftest import TINY_SPEC, cli, write_spec
+from tests.conftest import RAY_ENV, TINY_SPEC, cli, fresh_store, run_on, write_spec
 
 SIZES = [8, 32, 128, 512, 2048]
 TRUE_TRANSITION = 300.0  # regime "small" below, "large" above
@@ -126,16 +126,18 @@ min_effect: 0
 
 
 @pytest.mark.slow
-def test_refine_end_to_end_through_the_cli(workdir):
+def test_refine_end_to_end_through_the_cli(workdir, empty_store, ray_cluster):
     text = TINY_SPEC.format(name="tiny_refine", steps=30).replace("data_size: [30, 60, 120]", "data_size: [60]")
     text = text[: text.index("phenomena:")] + "phenomena: [noise.yaml]\n"
     write_spec(workdir, NOISE_PHENOMENON, "noise.yaml")
     spec_path = write_spec(workdir, text)
-    assert cli("run", str(spec_path), cwd=workdir).returncode == 0
+    fresh_store(workdir, empty_store)
+    assert run_on(ray_cluster, spec_path, cwd=workdir).returncode == 0
     dry = cli("refine", str(spec_path), "--budget", "2", "--dry-run", cwd=workdir)
     assert dry.returncode == 0 and "seeds" in dry.stdout, dry.stderr
     assert not refine_path(spec_path).exists()  # a dry run records nothing
-    done = cli("refine", str(spec_path), "--budget", "2", cwd=workdir)
+    address = ("--address", ray_cluster.gcs)
+    done = cli("refine", str(spec_path), "--budget", "2", *address, cwd=workdir, env=RAY_ENV)
     assert done.returncode == 0 and "2 runs to add" in done.stdout and "report:" in done.stdout, done.stderr
     added = load_spec(spec_path).refinements
     assert [(p.model_size, p.seed) for p in added] == [(8, 2), (16, 2)]  # budget 2 of the 3 points

@@ -1,36 +1,34 @@
 """Real services on loopback: a two-node Ray cluster (sweep by address, Ray Jobs), an
 `mlflow server` over HTTP with proxied artifacts, `scalesweep ui`, and unreachable services.
 
-Every process here is started by the test in its own session and stopped by it
+The cluster is conftest's `ray_cluster`, one for the whole session (other tests' sweeps run on
+it too). Every process here is started by the test in its own session and stopped by it
 (`kill_session`), never with `ray stop`, which would stop every Ray on the machine.
-Ray 2.60 turns token authentication on for a new head when ~/.ray/auth_token exists,
-and a worker node started by `ray start --address` does not send the token, so the
-cluster and its clients run with RAY_AUTH_MODE=disabled (a loopback-only test cluster).
 """
 
 from __future__ import annotations
 
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import (
+    RAY_ENV,
+    alive_nodes,
     answers,
     child_runs,
-    clean_env,
     cli,
     fast_spec,
     free_port,
+    fresh_store,
     kill_session,
     planned_keys,
+    run_on,
     spawn,
     start_mlflow_server,
     wait_until,
@@ -38,57 +36,6 @@ from tests.conftest import (
 )
 
 pytestmark = pytest.mark.slow
-
-RAY_ENV = {"RAY_AUTH_MODE": "disabled"}
-
-
-@dataclass
-class Cluster:
-    gcs: str  # host:port, for --address
-    dashboard: str  # http://host:port, for the Jobs API
-
-
-def _node_ports() -> list[str]:
-    """Every port a node listens on, chosen free: two nodes share this machine (and other engineers' Rays)."""
-    names = ["node-manager", "object-manager", "dashboard-agent-listen", "dashboard-agent-grpc", "runtime-env-agent"]
-    names.append("metrics-export")
-    return [arg for name in names for arg in (f"--{name}-port", str(free_port()))]
-
-
-def alive_nodes(gcs: str) -> int:
-    """Alive nodes as `ray status` lists them (one ` 1 node_<id>` line each under Active)."""
-    status = subprocess.run(
-        ["ray", "status", "--address", gcs], capture_output=True, text=True, env=clean_env(**RAY_ENV), timeout=60
-    )
-    active = status.stdout.partition("Active:")[2].partition("Pending:")[0]
-    return len(re.findall(r"^\s*\d+ node_", active, flags=re.MULTILINE))
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """A head (2 CPUs, dashboard) and a worker node (1 CPU) on 127.0.0.1, stopped afterwards."""
-    temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths must fit in 107 chars
-    gcs, dashboard = free_port(), free_port()
-    env = clean_env(**RAY_ENV)
-    head_args = ["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs)]
-    head_args += ["--num-cpus", "2", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1"]
-    head_args += ["--dashboard-port", str(dashboard), "--ray-client-server-port", str(free_port())]
-    head_args += ["--temp-dir", str(temp), "--disable-usage-stats", *_node_ports()]
-    worker_args = ["ray", "start", "--block", "--address", f"127.0.0.1:{gcs}", "--num-cpus", "1"]
-    worker_args += ["--node-ip-address", "127.0.0.1", "--disable-usage-stats", *_node_ports()]
-    nodes = [spawn(head_args, temp, temp / "head.log", env)]
-    try:
-        assert wait_until(lambda: answers(f"http://127.0.0.1:{dashboard}/api/version"), 180), "no Ray dashboard"
-        nodes.append(spawn(worker_args, temp, temp / "worker.log", env))
-        assert wait_until(lambda: alive_nodes(f"127.0.0.1:{gcs}") == 2, 180, interval=2), "no second node"
-        yield Cluster(gcs=f"127.0.0.1:{gcs}", dashboard=f"http://127.0.0.1:{dashboard}")
-    finally:
-        for node in reversed(nodes):
-            kill_session(node, signal.SIGTERM)
-        wait_until(lambda: all(node.poll() is not None for node in nodes), 10)  # a node drains for up to 30 s
-        for node in nodes:
-            kill_session(node)
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def assert_all_finished(uri: str, sweep: str, spec: Path) -> list:
@@ -99,8 +46,9 @@ def assert_all_finished(uri: str, sweep: str, spec: Path) -> list:
     return runs
 
 
-def test_sweep_by_address_on_a_two_node_cluster(ray_cluster, workdir):
+def test_sweep_by_address_on_a_two_node_cluster(ray_cluster, workdir, empty_store):
     spec = write_spec(workdir, fast_spec("cluster", cpus=1))
+    fresh_store(workdir, empty_store)
     result = cli("run", str(spec), "--address", ray_cluster.gcs, cwd=workdir, env=RAY_ENV, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "8 finished, 0 failed" in result.stdout
@@ -136,9 +84,9 @@ def mlflow_server(tmp_path_factory):
     kill_session(server)
 
 
-def test_sweep_and_report_over_http_with_artifacts(mlflow_server, workdir):
+def test_sweep_and_report_over_http_with_artifacts(mlflow_server, workdir, ray_cluster):
     spec = write_spec(workdir, fast_spec("http"))
-    ran = cli("run", str(spec), "--tracking-uri", mlflow_server, cwd=workdir, timeout=300)
+    ran = run_on(ray_cluster, spec, "--tracking-uri", mlflow_server, cwd=workdir, timeout=300)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert "View run" not in ran.stdout + ran.stderr and "View experiment" not in ran.stdout + ran.stderr
     assert "warning: axis model_size [4, 8] has 2 points" in ran.stderr  # warned, and the sweep went on

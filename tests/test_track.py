@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 from scalesweep import track
 from scalesweep.plan import plan
 from scalesweep.spec import parse_spec
-from tests.conftest import TINY_SPEC
+from tests.conftest import TINY_SPEC, fresh_store
 
 SPEC = parse_spec(
     TINY_SPEC.format(name="tracked", steps=20).replace("name: tracked", "name: tracked\ndescription: A test sweep.")
@@ -18,9 +18,9 @@ SPEC = parse_spec(
 
 
 @pytest.fixture(scope="module")
-def uri(tmp_path_factory) -> str:
-    """One sqlite store for the tests of this file (making one costs seconds)."""
-    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+def uri(tmp_path_factory, empty_store) -> str:
+    """One sqlite store for the tests of this file (a copy of the session's empty one)."""
+    return fresh_store(tmp_path_factory.mktemp("store"), empty_store)
 
 
 def test_experiment_parent_params_outcome_and_description_read_back(workdir, uri):

@@ -90,7 +90,8 @@ ALPHA_ARM = 0.05  # each arm of a U / inverted U, one-sided
 ALPHA_REGIME = 0.05  # Fisher tests of a regime flip, one-sided each
 ALPHA_EQUIV = 0.05  # TOST for persistence
 ALPHA_ONSET = 0.05  # broken line against a straight line, for an abrupt onset
-ALPHA_FLAT = 0.05  # the flat arm of an onset has no slope significant at this level
+ALPHA_FLAT = 0.05  # the flat arm of an onset is significantly less steep than the rise, at this level
+FLAT_SHARE = 0.25  # ... and its slope is at most this share of the rise's
 MIN_POINTS = 3
 MIN_SPAN = 4.0
 MIN_DF = 2
@@ -140,8 +141,8 @@ class _Nulls:
         return stats.null_p(self.cache[hinge.units], hinge.stat)
 
 
-def _end_masks(u: np.ndarray, scales: np.ndarray):
-    k = max(1, math.ceil(len(scales) / 3))
+def _end_masks(u: np.ndarray, scales: np.ndarray, share: float = 1 / 3):
+    k = max(1, math.ceil(len(scales) * share))
     return u <= scales[k - 1], u >= scales[-k], k
 
 
@@ -247,14 +248,21 @@ def _quadratic_shape(s: _Slice):
     return _shape_verdict(fit.coef[2] > 0, vertex, p, test)
 
 
-def _arm_p(pts: stats.Points, arm: np.ndarray, fit: stats.Fit, want_sign: float) -> float:
-    """One-sided p that the slope over the points of one arm has `want_sign` (the fit's noise)."""
+def _arm_slope(pts: stats.Points, arm: np.ndarray) -> tuple[float, float]:
+    """(slope, sum of squares of u) of a weighted straight line through the points of one arm."""
     u, m, n = pts.u[arm], pts.mean[arm], pts.n[arm]
     ubar = (u @ n) / n.sum()
     sxx = float(((u - ubar) * n) @ (u - ubar))
+    if sxx <= 0:
+        return 0.0, 0.0
+    return float(((u - ubar) * n) @ (m - (m @ n) / n.sum())) / sxx, sxx
+
+
+def _arm_p(pts: stats.Points, arm: np.ndarray, fit: stats.Fit, want_sign: float) -> float:
+    """One-sided p that the slope over the points of one arm has `want_sign` (the fit's noise)."""
+    slope, sxx = _arm_slope(pts, arm)
     if sxx <= 0 or not fit.s2 > 0 or fit.df <= 0:
         return 1.0
-    slope = float(((u - ubar) * n) @ (m - (m @ n) / n.sum())) / sxx
     return stats.t_sf(want_sign * slope / math.sqrt(fit.s2 / sxx), fit.df)
 
 
@@ -425,7 +433,8 @@ def _expansion_or_shrinkage(s, ph, trend: _Trend, present, explain: bool) -> dic
     moves = "rises" if trend.slope > 0 else "falls"
     detail = f"{'more' if more else 'less'} pronounced with scale (the strength {moves})"
     out = dict(verdict=verdict, detail=detail, transition=math.nan, reason="smooth_trend")
-    crosses = (more and not present[0] and present[-1]) or (not more and present[0] and not present[-1])
+    small, large = _end_presence(s, ph)
+    crosses = (more and not small and large) or (not more and small and not large)
     if not (explain and crosses):
         return out
     crossing = _crossing(s.scales, present)
@@ -453,8 +462,8 @@ def _abrupt(s: _Slice, ph: Phenomenon, more: bool, trend: _Trend) -> tuple[float
     piecewise-linear sigmoid in log-scale) must explain the slice
     significantly better than one straight line (parametric-bootstrap null,
     breakpoints profiled); its flat end (small scales for an onset, large for an
-    offset) holds at least two points, whose mean is below presence and whose
-    own slope is not significant at `ALPHA_FLAT`; the ramp moves in the
+    offset) holds at least two points, whose mean is below presence and which
+    are flat next to the rise (`_flat`); the ramp moves in the
     strength's direction. Cf. BIG-bench's "breakthroughness" (Srivastava et al.
     2022, appendix B). The onset reported is c1 (c2 for an offset) of a Huber
     refit, robust to one outlying model.
@@ -470,14 +479,34 @@ def _abrupt(s: _Slice, ph: Phenomenon, more: bool, trend: _Trend) -> tuple[float
     side = pts.u <= found.c1 if more else pts.u >= found.c2
     if ph.is_present(np.average(pts.mean[side], weights=pts.n[side])):
         return None
-    flat_fit = stats.Fit(np.zeros(2), np.zeros((2, 2)), found.df, found.s2, found.units, math.nan)
-    if min(_arm_p(pts, side, flat_fit, 1.0), _arm_p(pts, side, flat_fit, -1.0)) < ALPHA_FLAT / 2:
+    if not _flat(pts, side, found, moving):
         return None
     p = stats.ramp_p(pts, found, flat, trend.fit)
     if p >= ALPHA_ONSET:
         return None
     c1, c2 = stats.robust_ramp_onset(pts, flat)
     return 10 ** (c1 if more else c2), p
+
+
+def _end_presence(s: _Slice, ph: Phenomenon) -> tuple[bool, bool]:
+    """Whether the phenomenon is present at the small and at the large end: the mean over
+    each end's tenth of the scale points (one point for ten or fewer), so that in a table of
+    many models one noisy model does not decide it."""
+    small, large, _ = _end_masks(s.u, s.scales, share=0.1)
+    return bool(ph.is_present(s.y[small].mean())), bool(ph.is_present(s.y[large].mean()))
+
+
+def _flat(pts: stats.Points, side: np.ndarray, ramp: stats.Ramp, moving: float) -> bool:
+    """The flat end is flat next to the rise: its own slope at most `FLAT_SHARE` of the ramp's,
+    and significantly (one-sided, `ALPHA_FLAT`) below twice that. A smooth sigmoid's knee
+    bends the end of a flat arm a little; a steady log-linear rise has arms as steep as the ramp."""
+    slope, sxx = _arm_slope(pts, side)
+    rise = abs(ramp.b)
+    if sxx <= 0 or moving * slope > FLAT_SHARE * rise:
+        return False
+    if not (ramp.s2 > 0 and ramp.df > 0):
+        return True
+    return stats.t_sf((2 * FLAT_SHARE * rise - moving * slope) / math.sqrt(ramp.s2 / sxx), ramp.df) < ALPHA_FLAT
 
 
 def _crossing(scales: np.ndarray, present: np.ndarray) -> float:

@@ -102,6 +102,7 @@ def _small_multiples(points, axis, slice_col, order, title, ylabel, path, curves
     """One panel per slice (seaborn's FacetGrid), shared x and y, its own fitted curve in each."""
     data = points.dropna(subset=["strength"]).assign(**{slice_col: lambda t: t[slice_col].map(_plain)})
     panels = [_plain(s) for s in order]
+    replicated = bool((data.groupby([slice_col, axis]).size() >= 2).mean() > 0.5) if len(data) else False
     grid = sns.relplot(
         data=data,
         x=axis,
@@ -111,7 +112,7 @@ def _small_multiples(points, axis, slice_col, order, title, ylabel, path, curves
         col_wrap=min(PANELS_PER_ROW, len(panels)),
         kind="line",
         marker="o",
-        errorbar=("ci", 95),
+        errorbar=("ci", 95) if replicated else None,  # one value per model: no interval to draw
         n_boot=200,
         seed=0,
         height=2.0,
@@ -127,7 +128,7 @@ def _small_multiples(points, axis, slice_col, order, title, ylabel, path, curves
         ax.set_title(name, fontsize="x-small")
     grid.set_axis_labels(_plain(axis), _plain(ylabel) if len(ylabel) <= 24 else "strength")
     grid.figure.suptitle(_plain(title) + " (dashed: fitted curve)", y=1.0)
-    return _save(grid.figure, path)
+    return _save(grid.figure, path, tight=False)  # relplot has laid the panels out already
 
 
 def _draw_curves(ax, curves: Sequence[Curve], colours: dict, legend: bool = True) -> None:
@@ -242,9 +243,10 @@ def _plain(text: object) -> str:
     return str(text).replace("$", r"\$")
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, tight: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches=None if tight else "tight")
     plt.close(fig)
     return path

@@ -172,7 +172,13 @@ def load_phenomenon(
     can be passed straight through.
     """
     path = Path(name)
-    if not (path.suffix in (".yaml", ".yml") and path.is_file()):
+    if path.suffix in (".yaml", ".yml"):  # a file, not a catalog name
+        if not path.is_file():
+            raise UserError(
+                f"phenomenon file {name} does not exist (a relative path starts from the working directory "
+                f"{Path.cwd()}); give an existing YAML file, or the name of a catalog phenomenon."
+            )
+    else:
         files = _files(search_dirs)
         if name not in files:
             raise unknown_phenomenon(name, files, _dirs(search_dirs))
