@@ -15,10 +15,12 @@ one line saying so) for a local instance of the sweep's own.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -117,13 +119,48 @@ def connect(
     # Ray Job's driver already got it with the job (jobs.py), and Ray refuses a second one.
     in_a_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
     runtime_env = None if in_a_job else {"py_modules": [str(Path(__file__).resolve().parent)]}
-    try:
-        ray.init(address=address, runtime_env=runtime_env, **options)
-    except Exception as err:  # Ray raises several types for a head it cannot join
+    with _ray_core_output() as core_output:
+        try:
+            ray.init(address=address, runtime_env=runtime_env, **options)
+            return
+        except Exception as err:  # Ray raises several types for a head it cannot join
+            failure = err
+    said = "".join(core_output)
+    if isinstance(failure, ray.exceptions.AuthenticationError) or any(m in said for m in AUTH_MARKERS):
         raise UserError(
-            f"cannot join the Ray cluster at {address} ({type(err).__name__}: {first_line(err)}). "
-            f"Check that it is a Ray GCS address (host:6379) of a running cluster of the same Ray version."
+            f"cannot join the Ray cluster at {address}: its head uses token authentication and refused this "
+            f"machine's token (Ray: InvalidAuthToken, the token is missing or incorrect). Give this machine the "
+            f"cluster's token: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN to the head's token (or copy the head's "
+            f"~/.ray/auth_token here); or, on a trusted network only, start the head and every node with "
+            f"RAY_AUTH_MODE=disabled (Ray turns token authentication on when ~/.ray/auth_token exists)."
         ) from None
+    raise UserError(
+        f"cannot join the Ray cluster at {address} ({type(failure).__name__}: {first_line(failure)}). "
+        f"Check that it is a Ray GCS address (host:6379) of a running cluster of the same Ray version."
+    ) from None
+
+
+AUTH_MARKERS = ("InvalidAuthToken", "Unauthenticated", "UNAUTHENTICATED")
+
+
+@contextlib.contextmanager
+def _ray_core_output() -> Iterator[list[str]]:
+    """Ray's C++ core reports why it cannot join (e.g. "Unauthenticated: InvalidAuthToken") only in
+    lines it writes to file descriptor 2, once a second while it retries. Collect them while
+    joining: the cause goes into the one-paragraph error, and the terminal is spared the flood."""
+    said: list[str] = []
+    with tempfile.TemporaryFile() as sink:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield said
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            said.append(sink.read(1_000_000).decode("utf-8", "replace"))
 
 
 def check_fits(requests: set[tuple[float, float]]) -> None:

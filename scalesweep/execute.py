@@ -100,8 +100,12 @@ def run_sweep(
     todo = select_runs(tracker, configs, force=force, rerun_failed=rerun_failed)
     outcome = SweepOutcome(planned=len(configs), skipped=len(configs) - len(todo))
     if todo:
-        cluster.connect(address)
-        cluster.check_fits({spec.resources.for_model_size(c.model_size) for c in todo})
+        try:
+            cluster.connect(address)
+            cluster.check_fits({spec.resources.for_model_size(c.model_size) for c in todo})
+        except BaseException as err:  # the cluster refused: no run started, the parent must not stay RUNNING
+            tracker.not_started(first_line(err))
+            raise
     spec_yaml = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
     tracker.log_spec(spec_yaml, len(configs), track.sweep_params(spec, configs), _description(spec, configs))
     if not todo:

@@ -259,6 +259,15 @@ class Tracker:
         metrics = [Metric(f"runs_{state}", float(n), timestamp_ms, 0) for state, n in counts.items()]
         self._call(self.client.log_batch, self.parent_id, metrics=metrics)
 
+    def not_started(self, reason: str) -> None:
+        """A driver that stops before running anything (the cluster refused it) leaves no RUNNING
+        parent behind: MLflow creates the parent RUNNING, so end it FAILED with why. (A parent
+        that had ended before keeps its status.) Never raises over the error being reported."""
+        with contextlib.suppress(Exception):
+            if self.client.get_run(self.parent_id).info.status == "RUNNING":
+                self.client.set_tag(self.parent_id, f"{TAG}.error", reason[:4000])
+                self.client.set_terminated(self.parent_id, "FAILED")
+
     def sweep_started(self) -> None:
         """Show the parent run as RUNNING while a driver works on the sweep."""
         self._call(self.client.update_run, self.parent_id, status="RUNNING")

@@ -302,3 +302,55 @@ def test_flagged_verdict_is_marked_and_explained(tmp_path):
     evidence = parse(page[page.index("<h3>Evidence") :]).tables["evidence"]
     assert evidence[0][-2:] == ["on the alternative metric", "flag"]
     assert "Flagged: metric disagreement" in page and "trust the continuous metric" in page
+
+
+def _table_report(tmp_path, truth, n_slices: int, rng: int = 0):
+    """A published-table-style report: `n_slices` tasks, one value per model, accuracy in [0, 1]."""
+    gen = np.random.default_rng(rng)
+    parts = []
+    for k in range(n_slices):
+        u = np.sort(gen.uniform(0, 4, 30))
+        parts.append(
+            pd.DataFrame({"task": f"t{k}", "n": 10**u, "acc": np.clip(truth(u) + gen.normal(0, 0.02, 30), 0, 1)})
+        )
+    runs = pd.concat(parts, ignore_index=True)
+    ph = Phenomenon(name="acc", strength="acc", presence=0.3, min_effect=0.05)
+    verdicts = classify_runs(runs, [ph], axes=["n"], grid=["task"], seed=None, n_boot=0)
+    study = Study(title="table", axes=["n"], grid=["task"], runs_finished=len(runs))
+    page = write_report(tmp_path, study, runs, [ph], verdicts).read_text(encoding="utf-8")
+    return page, verdicts
+
+
+def test_thirty_slices_are_small_multiples_on_one_figure(tmp_path):
+    page, verdicts = _table_report(tmp_path, lambda u: 0.25 + 0.15 * u, 30)
+    images = [i for i in parse(page).images if i["data-kind"] == "strength"]
+    assert len(images) == 1 and len(verdicts) == 30
+    png = Image.open(tmp_path / images[0]["data-file"])
+    assert png.width >= 1000 and png.height >= 6 * 150  # 5 panels a row, 6 rows: each panel readable
+    assert "one value per model" in page and "mean over seeds" not in page
+    evidence = parse(page[page.index("<h3>Evidence") :]).tables["evidence"]
+    assert "values per point" in evidence[0] and "seeds" not in evidence[0]
+
+
+def test_every_verdict_kind_gets_its_fitted_curve_within_bounds(tmp_path):
+    take_off = lambda u: 0.25 + 0.7 / (1 + np.exp(-(u - 2.5) / 0.12))  # noqa: E731
+    page, verdicts = _table_report(tmp_path, take_off, 1, rng=1)
+    assert verdicts.iloc[0]["reason"] == "abrupt_onset"
+    evidence = parse(page[page.index("<h3>Evidence") :]).tables["evidence"]
+    assert evidence[1][evidence[0].index("fitted law")].startswith("clipped ramp: flat to n =")
+    peak = lambda u: 0.5 + 0.4 * (1 - ((u - 2) / 2) ** 2)  # noqa: E731
+    page, verdicts = _table_report(tmp_path / "u", peak, 1, rng=2)
+    assert verdicts.iloc[0]["reason"] == "inverted_u", verdicts.iloc[0]["detail"]
+    evidence = parse(page[page.index("<h3>Evidence") :]).tables["evidence"]
+    assert evidence[1][evidence[0].index("fitted law")].startswith(("broken line", "quadratic"))
+
+
+def test_a_bounded_metric_is_never_drawn_outside_its_range():
+    from scalesweep.analysis.report import _law
+
+    x = np.logspace(0, 3, 8)
+    points = pd.DataFrame({"n": x, "strength": np.linspace(0.5, 0.99, 8)})
+    row = pd.Series(dict(slice="all", verdict="expansion", effect=0.16, shape="linear", reason="smooth_trend"))
+    law = _law(points, "n", row, Phenomenon(name="acc", strength="acc"))
+    assert law is not None and law.curve.x.max() > x.max()  # it extrapolates ...
+    assert law.curve.y.max() <= 1.0 and law.curve.y.min() >= 0.0  # ... but accuracy stays within [0, 1]

@@ -131,7 +131,7 @@ def wls(pts: Points, design: np.ndarray) -> Fit:
     df_lof, df_pe = n_pts - k, n_runs - n_pts
     sse = ss_lof + pts.ss_pe
     scale = float(np.abs(pts.mean).max()) + 1e-300 if n_pts else 1.0
-    if sse < (1e-9 * scale) ** 2 * max(n_runs, 1):  # exact fit (e.g. a constant strength): no noise at all
+    if math.sqrt(max(sse, 0.0) / max(n_runs, 1)) < 1e-9 * scale:  # exact fit (e.g. a constant strength): no noise
         return Fit(coef, 0.0 * inverse, max(df_lof if pts.replicated else n_runs - k, 0), 0.0, "runs", 0.0)
     if pts.replicated:
         if df_lof <= 0:  # the curve goes through every point mean: nothing left to judge it against
