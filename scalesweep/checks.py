@@ -54,6 +54,7 @@ READS = {
 def check_spec(spec, source: str) -> None:
     """Refuse, in one paragraph naming `source` and the field, what `report` would fail on later."""
     _check_observable_inputs(spec, source)
+    _check_observables_apply(spec, source)
     _check_phenomena(spec, source)
 
 
@@ -66,6 +67,28 @@ def _check_observable_inputs(spec, source: str) -> None:
                 f'{source}: field "observables": {name} reads {", ".join(columns)}, which observable '
                 f"{needed} records; add `{needed}` to observables."
             )
+
+
+def _check_observables_apply(spec, source: str) -> None:
+    """An observable the spec lists for a family or task it does not apply to (attention entropy of
+    an MLP, Fourier sparsity off modular arithmetic) would only record NaN: refuse it. The default
+    list is not checked: it is meant for every family, NaN where a model lacks what one reads."""
+    if "observables" not in spec.model_fields_set:
+        return
+    from scalesweep.observables import OBSERVABLES, does_not_apply
+
+    task, family = spec.task.name, spec.model.family
+    for i, name in enumerate(spec.observables):
+        why = does_not_apply(name, task, family)
+        if why is None:
+            continue
+        valid = [n for n in OBSERVABLES if does_not_apply(n, task, family) is None]
+        raise UserError(
+            f'{source}: field "observables[{i}]": observable {name} does not apply to task {task} with model '
+            f"family {family}: {why}. Remove it, or use a {'/'.join(OBSERVABLES[name].families) or family} model"
+            f"{' on ' + ', '.join(OBSERVABLES[name].tasks) if OBSERVABLES[name].tasks else ''}; observables "
+            f"valid here: {', '.join(valid)}."
+        )
 
 
 def recorders() -> dict[str, list[str]]:

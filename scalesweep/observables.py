@@ -9,7 +9,14 @@ model, and returns the run's scalars. One name may have both parts.
 An observable may also have an *at_init* part, `(model, data) -> {column: value}`,
 that the trainer calls on the freshly initialised model before the first step;
 its result reaches the summary as `RunContext.init_stats` (e.g. the coordinate
-sizes at initialisation of a muP coord check).
+sizes at initialisation of a muP coord check, or a copy of the initial weights
+that `weight_displacement` compares the final ones with; only what a summary
+returns is recorded).
+
+Each built-in observable declares its *level* (`LEVELS`: where in the network
+it looks) and, where it does not apply everywhere, the model families and tasks
+it applies to; `scalesweep validate` refuses a spec that lists it elsewhere
+(`does_not_apply`, called from `checks.py`).
 
 A spec may add its own observable as `module:function`; such a function is a
 summary observable `(history, ctx) -> dict[str, float]`, loaded only because
@@ -57,12 +64,12 @@ class RunContext:
     data: Dataset
     steps: int
     fit_threshold: float
-    init_stats: dict[str, float] = field(default_factory=dict)
+    init_stats: dict[str, Any] = field(default_factory=dict)  # floats, and tensors under private keys
 
 
 StepFn = Callable[[EvalContext], dict[str, float]]
 SummaryFn = Callable[[pd.DataFrame, RunContext], dict[str, float]]
-InitFn = Callable[[torch.nn.Module, Dataset], dict[str, float]]
+InitFn = Callable[[torch.nn.Module, Dataset], dict[str, Any]]  # floats, or tensors a summary needs
 
 
 LEVELS = ("neuron", "weight", "representation", "attention", "output")
@@ -77,6 +84,9 @@ class Observable:
     level: str = ""  # one of LEVELS: where in the network it looks (`scalesweep list observables`)
     columns: tuple[str, ...] = ()  # the runs-table / step-series columns it writes
     description: str = ""  # one line
+    families: tuple[str, ...] = ()  # model families it applies to (empty: any); `validate` refuses others
+    tasks: tuple[str, ...] = ()  # tasks it applies to (empty: any)
+    reference: str = ""  # the paper its definition follows (docs/observables.md)
 
 
 OBSERVABLES: dict[str, Observable] = {}
@@ -91,10 +101,30 @@ def register(
     level: str = "",
     columns: tuple[str, ...] = (),
     description: str = "",
+    families: tuple[str, ...] = (),
+    tasks: tuple[str, ...] = (),
+    reference: str = "",
 ) -> None:
-    if level and level not in LEVELS:
+    """Add a built-in observable; its level must be one of LEVELS."""
+    if level not in LEVELS:
         raise ValueError(f"observable {name}: level {level!r} is not one of {', '.join(LEVELS)}")
-    OBSERVABLES[name] = Observable(name, step, summary, at_init, level, columns, description)
+    OBSERVABLES[name] = Observable(
+        name, step, summary, at_init, level, columns, description, families, tasks, reference
+    )
+
+
+def does_not_apply(name: str, task: str, family: str) -> str | None:
+    """Why the built-in observable `name` does not apply to `task` with `family`, or None when it
+    does (user observables and unknown names always "apply": they are checked elsewhere)."""
+    observable = OBSERVABLES.get(name)
+    if observable is None:
+        return None
+    if observable.families and family not in observable.families:
+        return f"it reads what only the {' / '.join(observable.families)} family has, not {family}"
+    if observable.tasks and task not in observable.tasks:
+        tasks = ", ".join(observable.tasks)
+        return f"it applies to the task{'s' if len(observable.tasks) > 1 else ''} {tasks}, not {task}"
+    return None
 
 
 def resolve(names: list[str]) -> list[Observable]:
@@ -455,6 +485,7 @@ register(
     level="weight",
     columns=("features_per_dim",),
     description="features with ||W[:, i]|| > 0.5 per hidden dimension (toy model of superposition, Elhage et al. 2022)",
+    families=("tms",),
 )
 
 
@@ -497,6 +528,7 @@ register(
     columns=("induction_score",),
     description="attention to the token after the previous occurrence of the current token, max over heads "
     "(Olsson et al. 2022)",
+    families=("transformer",),
 )
 
 
@@ -538,4 +570,404 @@ register(
     level="weight",
     columns=("sharpness",),
     description="largest Hessian eigenvalue of the training loss, by power iteration (Cohen et al. 2021)",
+)
+
+
+# ---------------------------------------------------------------- representation spectra: anisotropy, RankMe
+
+ANISOTROPY_FLOOR = 1e-12  # sigma2 is floored at this share of sigma1, so a rank-1 matrix gives 1e12, not inf
+RANKME_EPS = 1e-7  # Garrido et al. 2023's epsilon
+
+
+def _rows(h: torch.Tensor, limit: int = RANK_ROWS) -> torch.Tensor:
+    """A representation as a (rows, dims) float64 matrix: examples (and positions) as rows."""
+    return h.reshape(-1, h.shape[-1])[:limit].double()
+
+
+def anisotropy_of(h: torch.Tensor) -> float:
+    """sigma_1 / sigma_2 of the singular values of the (uncentred) activations h (rows:
+    examples). Normalising the singular values (s_i / sum_j s_j) leaves the ratio as it
+    is. About 1 for isotropic noise; large when one direction dominates (the "narrow cone"
+    of Ethayarajh 2019); sigma_2 is floored at 1e-12 sigma_1, so rank 1 gives 1e12."""
+    s = torch.linalg.svdvals(_rows(h))
+    if len(s) < 2 or float(s[0]) <= 0:
+        return math.nan
+    return float(s[0] / torch.clamp(s[1], min=float(s[0]) * ANISOTROPY_FLOOR))
+
+
+def rankme_of(h: torch.Tensor, eps: float = RANKME_EPS) -> float:
+    """RankMe (Garrido et al. 2023): exp(-sum_k p_k log p_k) with p_k = s_k / ||s||_1 + eps,
+    s the singular values of the (uncentred) representation. From 1 (rank one) to
+    min(rows, dims) (all singular values equal)."""
+    s = torch.linalg.svdvals(_rows(h))
+    if float(s.sum()) <= 0:
+        return math.nan
+    p = s / s.sum() + eps
+    return math.exp(float(-(p * p.log()).sum()))
+
+
+@torch.no_grad()
+def _anisotropy(history: pd.DataFrame, ctx: RunContext) -> dict[str, float]:
+    """anisotropy: anisotropy_of(features) on the first 4096 test rows; anisotropy.<layer>:
+    the same for every layer of `layer_outputs`."""
+    if not hasattr(ctx.model, "features"):
+        return {"anisotropy": math.nan}
+    x = ctx.data.x_test[:RANK_ROWS]
+    per_layer = {f"anisotropy.{name}": anisotropy_of(out) for name, out in layer_outputs(ctx.model, x).items()}
+    return {"anisotropy": anisotropy_of(ctx.model.features(x)), **per_layer}
+
+
+@torch.no_grad()
+def _rankme(history: pd.DataFrame, ctx: RunContext) -> dict[str, float]:
+    """rankme: rankme_of(features) on the first 4096 test rows."""
+    if not hasattr(ctx.model, "features"):
+        return {"rankme": math.nan}
+    return {"rankme": rankme_of(ctx.model.features(ctx.data.x_test[:RANK_ROWS]))}
+
+
+register(
+    "anisotropy",
+    summary=_anisotropy,
+    level="representation",
+    columns=("anisotropy", "anisotropy.<layer>"),
+    description="sigma1 / sigma2 of the singular values of the last hidden representation (and of each layer)",
+    reference="Ethayarajh 2019",
+)
+register(
+    "rankme",
+    summary=_rankme,
+    level="representation",
+    columns=("rankme",),
+    description="RankMe: exp of the entropy of the L1-normalised singular values (+1e-7) of the last "
+    "representation (Garrido et al. 2023)",
+    reference="Garrido et al. 2023",
+)
+
+
+# ---------------------------------------------------------------- weight spectra: alpha, stable rank
+
+ALPHA_MIN_TAIL = 8  # eigenvalues the power-law tail must have, else alpha is NaN
+
+
+def weight_matrices(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every 2-D parameter (linear layers, embeddings, attention projections), by name."""
+    return {name: p for name, p in model.named_parameters() if p.dim() == 2}
+
+
+def power_law_alpha(eigenvalues: torch.Tensor | np.ndarray, min_tail: int = ALPHA_MIN_TAIL) -> float:
+    """Exponent alpha of a power-law density p(x) ~ x^-alpha fitted to the upper half of the
+    eigenvalues, by the continuous maximum-likelihood (Hill) estimator of Clauset, Shalizi &
+    Newman 2009 with x_min the k-th largest value: alpha = 1 + k / sum_{i<=k} ln(x_i / x_min),
+    k = ceil(n / 2). NaN with fewer than `min_tail` values in the tail. (WeightWatcher picks
+    x_min by a KS search instead; the fixed half keeps this cheap and deterministic.)"""
+    x = np.sort(np.asarray(eigenvalues, dtype=float))[::-1]
+    x = x[np.isfinite(x) & (x > 0)]
+    k = math.ceil(len(x) / 2)
+    if k < min_tail:
+        return math.nan
+    logs = np.log(x[:k] / x[k - 1]).sum()
+    return float(1 + k / logs) if logs > 0 else math.nan
+
+
+def stable_rank_of(w: torch.Tensor) -> float:
+    """||W||_F^2 / ||W||_2^2 = sum_i s_i^2 / s_1^2: n for an n x n identity, 1 for rank one."""
+    s2 = torch.linalg.svdvals(w.detach().double()).pow(2)
+    return float(s2.sum() / s2[0]) if float(s2[0]) > 0 else math.nan
+
+
+@torch.no_grad()
+def weight_spectrum_of(model: torch.nn.Module) -> dict[str, float]:
+    """weight_alpha.<param> = power_law_alpha of the eigenvalues of W^T W (the squared singular
+    values of W; Martin & Mahoney 2021's heavy-tailed self-regularisation: smaller alpha,
+    heavier tail, "more trained"); stable_rank.<param> = stable_rank_of(W); the unsuffixed
+    columns are the means over the matrices where they are finite."""
+    out: dict[str, float] = {}
+    alphas, ranks = [], []
+    for name, w in weight_matrices(model).items():
+        s2 = torch.linalg.svdvals(w.detach().double()).pow(2)
+        alpha = power_law_alpha(s2.cpu().numpy())
+        rank = float(s2.sum() / s2[0]) if float(s2[0]) > 0 else math.nan
+        out[f"weight_alpha.{name}"], out[f"stable_rank.{name}"] = alpha, rank
+        alphas += [alpha] if math.isfinite(alpha) else []
+        ranks += [rank] if math.isfinite(rank) else []
+    out["weight_alpha"] = float(np.mean(alphas)) if alphas else math.nan
+    out["stable_rank"] = float(np.mean(ranks)) if ranks else math.nan
+    return out
+
+
+register(
+    "weight_spectrum",
+    summary=lambda history, ctx: weight_spectrum_of(ctx.model),
+    level="weight",
+    columns=("weight_alpha", "stable_rank", "weight_alpha.<param>", "stable_rank.<param>"),
+    description="power-law exponent alpha of the eigenvalues of W^T W (Hill/MLE on the top half; Martin & "
+    "Mahoney 2021) and stable rank ||W||_F^2 / ||W||_2^2, per weight matrix and their mean",
+    reference="Martin & Mahoney 2021; Clauset et al. 2009",
+)
+
+
+# ---------------------------------------------------------------- weight displacement (lazy vs rich)
+
+INIT_WEIGHTS = "weight_init."  # init_stats keys holding a copy of each initial weight matrix (tensors)
+
+
+def _init_weights(model: torch.nn.Module, data: Dataset) -> dict[str, Any]:
+    """A copy of every weight matrix at initialisation (kept in init_stats, never logged)."""
+    return {INIT_WEIGHTS + name: w.detach().clone() for name, w in weight_matrices(model).items()}
+
+
+@torch.no_grad()
+def weight_displacement_of(model: torch.nn.Module, initial: dict[str, torch.Tensor]) -> dict[str, float]:
+    """weight_displacement.<param> = ||W - W0||_F / ||W0||_F for each weight matrix;
+    weight_displacement = the same over all of them together, sqrt(sum ||W - W0||^2 /
+    sum ||W0||^2). Small (-> 0 with width) in lazy / NTK training, order one in rich
+    (feature-learning) training (Chizat et al. 2019; Jacot et al. 2018)."""
+    out: dict[str, float] = {}
+    moved = start = 0.0
+    for name, w in weight_matrices(model).items():
+        if name not in initial:
+            continue
+        d2, n2 = float((w - initial[name]).pow(2).sum()), float(initial[name].pow(2).sum())
+        out[f"weight_displacement.{name}"] = math.sqrt(d2 / n2) if n2 > 0 else math.nan
+        moved, start = moved + d2, start + n2
+    out["weight_displacement"] = math.sqrt(moved / start) if start > 0 else math.nan
+    return out
+
+
+def _weight_displacement(history: pd.DataFrame, ctx: RunContext) -> dict[str, float]:
+    initial = {k.removeprefix(INIT_WEIGHTS): v for k, v in ctx.init_stats.items() if k.startswith(INIT_WEIGHTS)}
+    if not initial:
+        return {"weight_displacement": math.nan}
+    return weight_displacement_of(ctx.model, initial)
+
+
+register(
+    "weight_displacement",
+    summary=_weight_displacement,
+    at_init=_init_weights,
+    level="weight",
+    columns=("weight_displacement", "weight_displacement.<param>"),
+    description="||W - W0||_F / ||W0||_F per weight matrix and over all of them (lazy vs rich training)",
+    reference="Chizat et al. 2019",
+)
+
+
+# ---------------------------------------------------------------- Fourier sparsity of the embedding
+
+FOURIER_TOP_K = 5  # frequencies whose share of the energy is the sparsity (Nanda et al. find ~5 key ones)
+FOURIER_KEY_SHARE = 0.9  # fourier_key_frequencies: fewest frequencies holding this share
+
+
+def fourier_energy(embedding: torch.Tensor) -> torch.Tensor:
+    """Energy of the token embedding E (p x d, row t = token t) at each frequency 1..p//2 of
+    the DFT over the p tokens, summed over the d dimensions. The mean over tokens (frequency
+    0) is removed; frequency f and p - f are one real frequency (their energies add)."""
+    e = embedding.detach().double()
+    p = e.shape[0]
+    f = torch.fft.rfft(e - e.mean(0), dim=0).abs().pow(2).sum(1)[1:]
+    weights = torch.full_like(f, 2.0)
+    if p % 2 == 0:
+        weights[-1] = 1.0  # the Nyquist frequency has no mirror
+    return f * weights
+
+
+def fourier_sparsity_of(embedding: torch.Tensor, k: int = FOURIER_TOP_K) -> dict[str, float]:
+    """fourier_sparsity = share of the embedding's energy (fourier_energy) in its top-k
+    frequencies; fourier_key_frequencies = the fewest frequencies holding 90% of it. A
+    grokked modular-addition network embeds each token on a few circles cos/sin(2 pi f t / p)
+    (Nanda et al. 2023), so the share nears 1; a random embedding spreads its energy over
+    all p//2 frequencies (share ~ k / (p//2))."""
+    energy = fourier_energy(embedding)
+    total = float(energy.sum())
+    if not len(energy) or total <= 0:
+        return {"fourier_sparsity": math.nan, "fourier_key_frequencies": math.nan}
+    share = energy.sort(descending=True).values / total
+    key = int((share.cumsum(0) < FOURIER_KEY_SHARE - 1e-12).sum()) + 1
+    return {"fourier_sparsity": float(share[:k].sum()), "fourier_key_frequencies": float(min(key, len(share)))}
+
+
+def _token_embedding(model: torch.nn.Module) -> torch.Tensor | None:
+    embed = getattr(model, "embed", None)
+    return embed.weight if isinstance(embed, torch.nn.Embedding) else None
+
+
+def _fourier_sparsity_step(ctx: EvalContext) -> dict[str, float]:
+    """fourier_sparsity, fourier_key_frequencies of the token embedding at every evaluation."""
+    embedding = _token_embedding(ctx.model)
+    return {} if embedding is None else fourier_sparsity_of(embedding)
+
+
+def _fourier_sparsity(history: pd.DataFrame, ctx: RunContext) -> dict[str, float]:
+    embedding = _token_embedding(ctx.model)
+    if embedding is None:
+        return {"fourier_sparsity": math.nan, "fourier_key_frequencies": math.nan}
+    return fourier_sparsity_of(embedding)
+
+
+register(
+    "fourier_sparsity",
+    step=_fourier_sparsity_step,
+    summary=_fourier_sparsity,
+    level="weight",
+    columns=("fourier_sparsity", "fourier_key_frequencies"),
+    description="share of the token embedding's energy in its top-5 frequencies of the DFT over the p tokens "
+    "(Nanda et al. 2023)",
+    families=("mlp", "transformer"),
+    tasks=("modular_arithmetic",),
+    reference="Nanda et al. 2023",
+)
+
+
+# ---------------------------------------------------------------- attention entropy and sink
+
+ATTENTION_ROWS = 256  # test sequences the attention statistics are measured on
+
+
+def attention_head_stats(patterns: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per head of every layer (flattened, layer-major): the mean over sequences and query
+    positions q >= 1 of the attention row's entropy -sum_k a_qk log a_qk (nats), and of its
+    mass on the first position a_q0 (the attention sink, Xiao et al. 2024). Query 0 is left
+    out: under a causal mask it can only attend to itself."""
+    entropy, sink = [], []
+    for pattern in patterns:
+        a = pattern[:, :, 1:, :].double()
+        entropy.append(-(a * a.clamp_min(1e-300).log()).sum(-1).mean((0, 2)))
+        sink.append(a[..., 0].mean((0, 2)))
+    return torch.cat(entropy), torch.cat(sink)
+
+
+@torch.no_grad()
+def attention_stats_of(model: torch.nn.Module, data: Dataset) -> dict[str, float]:
+    """attention_entropy_mean / _min / _max and attention_sink_mean / _max over all heads, on
+    the first 256 test sequences; NaN for a model without attention or sequences of one token."""
+    names = ("attention_entropy_mean", "attention_entropy_min", "attention_entropy_max")
+    nan = dict.fromkeys((*names, "attention_sink_mean", "attention_sink_max"), math.nan)
+    if not hasattr(model, "attention_patterns") or data.x_test.dim() < 2 or data.x_test.shape[-1] < 2:
+        return nan
+    entropy, sink = attention_head_stats(model.attention_patterns(data.x_test[:ATTENTION_ROWS]))
+    return {
+        "attention_entropy_mean": float(entropy.mean()),
+        "attention_entropy_min": float(entropy.min()),
+        "attention_entropy_max": float(entropy.max()),
+        "attention_sink_mean": float(sink.mean()),
+        "attention_sink_max": float(sink.max()),
+    }
+
+
+def _attention_part(prefix: str) -> tuple[StepFn, SummaryFn]:
+    def step(ctx: EvalContext) -> dict[str, float]:
+        stats = attention_stats_of(ctx.model, ctx.data) if hasattr(ctx.model, "attention_patterns") else {}
+        return {k: v for k, v in stats.items() if k.startswith(prefix)}
+
+    def summary(history: pd.DataFrame, ctx: RunContext) -> dict[str, float]:
+        return {k: v for k, v in attention_stats_of(ctx.model, ctx.data).items() if k.startswith(prefix)}
+
+    return step, summary
+
+
+_entropy_step, _entropy_summary = _attention_part("attention_entropy")
+_sink_step, _sink_summary = _attention_part("attention_sink")
+register(
+    "attention_entropy",
+    step=_entropy_step,
+    summary=_entropy_summary,
+    level="attention",
+    columns=("attention_entropy_mean", "attention_entropy_min", "attention_entropy_max"),
+    description="entropy (nats) of each head's attention rows, averaged over sequences and positions; "
+    "mean, min and max over heads (log T for uniform attention over T positions)",
+    families=("transformer",),
+    reference="Zhai et al. 2023",
+)
+register(
+    "attention_sink",
+    step=_sink_step,
+    summary=_sink_summary,
+    level="attention",
+    columns=("attention_sink_mean", "attention_sink_max"),
+    description="share of each head's attention on the first position, mean and max over heads",
+    families=("transformer",),
+    reference="Xiao et al. 2024",
+)
+
+
+# ---------------------------------------------------------------- neural collapse, memorisation
+
+CLASSIFICATION_TASKS = ("modular_arithmetic", "sparse_parity", "in_context")
+
+
+def nc1_of(h: torch.Tensor, y: torch.Tensor) -> float:
+    """NC1 (Papyan, Han & Donoho 2020): tr(Sigma_W Sigma_B^+) / C, with Sigma_W the
+    within-class covariance (1/N) sum_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T, Sigma_B the
+    between-class covariance (1/C) sum_c (mu_c - mu_G)(mu_c - mu_G)^T, mu_G the global mean
+    and ^+ the pseudo-inverse. 0 when every example sits on its class mean; NaN below 2
+    classes."""
+    h, y = _rows(h, limit=len(h)), y.reshape(-1)
+    classes, index = torch.unique(y, return_inverse=True)
+    c = len(classes)
+    if c < 2:
+        return math.nan
+    counts = torch.bincount(index, minlength=c).double()
+    means = torch.zeros(c, h.shape[1], dtype=h.dtype, device=h.device).index_add_(0, index, h) / counts[:, None]
+    within = h - means[index]
+    sigma_w = within.T @ within / len(h)
+    between = means - h.mean(0)
+    sigma_b = between.T @ between / c
+    return float(torch.trace(sigma_w @ torch.linalg.pinv(sigma_b, hermitian=True)) / c)
+
+
+@torch.no_grad()
+def _neural_collapse(history: pd.DataFrame, ctx: RunContext) -> dict[str, float]:
+    """nc1: nc1_of(features, labels) on the first 4096 training rows (scored positions only)."""
+    if ctx.data.kind != "classification" or not hasattr(ctx.model, "features"):
+        return {"nc1": math.nan}
+    h = ctx.model.features(ctx.data.x_train[:RANK_ROWS])
+    h, y = h.reshape(-1, h.shape[-1]), ctx.data.y_train[:RANK_ROWS].reshape(-1)
+    scored = y != IGNORE
+    return {"nc1": nc1_of(h[scored][:RANK_ROWS], y[scored][:RANK_ROWS])}
+
+
+register(
+    "neural_collapse",
+    summary=_neural_collapse,
+    level="representation",
+    columns=("nc1",),
+    description="NC1 = tr(Sigma_W Sigma_B^+) / C of the last representation on the training set "
+    "(Papyan et al. 2020); 0 at full collapse",
+    tasks=CLASSIFICATION_TASKS,
+    reference="Papyan et al. 2020",
+)
+
+
+def memorization_bits_of(loss: float, n_classes: int, n_labels: int) -> float:
+    """(log V - loss) * N / log 2: the bits a model stores about N labels drawn uniformly from V
+    classes, given its mean cross-entropy (nats) on them. For random labels this is the
+    memorisation capacity (0 at chance, N log2 V when every label is fitted with certainty);
+    negative when the model is worse than chance."""
+    return (math.log(n_classes) - loss) * n_labels / math.log(2)
+
+
+@torch.no_grad()
+def _memorization(history: pd.DataFrame, ctx: RunContext) -> dict[str, float]:
+    """memorization_bits on the whole training set (N = scored labels, V = classes) and
+    memorization_bits_per_param (Allen-Zhu & Li 2024 measure about 2 bits per parameter)."""
+    if ctx.data.kind != "classification":
+        return {"memorization_bits": math.nan, "memorization_bits_per_param": math.nan}
+    loss = float(loss_fn_for(ctx.data)(ctx.model(ctx.data.x_train), ctx.data.y_train))
+    n_labels = int((ctx.data.y_train != IGNORE).sum())
+    bits = memorization_bits_of(loss, ctx.data.shape.output_dim, n_labels)
+    return {
+        "memorization_bits": bits,
+        "memorization_bits_per_param": bits / sum(p.numel() for p in ctx.model.parameters()),
+    }
+
+
+register(
+    "memorization",
+    summary=_memorization,
+    level="output",
+    columns=("memorization_bits", "memorization_bits_per_param"),
+    description="bits stored about the training labels, (log V - final train loss) * N / log 2 (the "
+    "memorisation capacity on random labels)",
+    tasks=CLASSIFICATION_TASKS,
+    reference="Allen-Zhu & Li 2024",
 )

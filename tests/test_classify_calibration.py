@@ -232,7 +232,7 @@ def test_every_reason_is_documented_and_at_the_end_of_the_table():
         for s in range(3)
     ]
     out = classify_runs(pd.DataFrame(rows), [_ph()], axes=["n", "d"], grid=[], n_boot=10)
-    assert list(out.columns[-2:]) == ["reason", "n_left_out"]
+    assert list(out.columns[-3:]) == ["reason", "n_left_out", "midpoint"]
     assert set(out["reason"]) <= set(REASONS)
     assert set(out.loc[out.axis == "d", "reason"]) == {"too_few_points"}
 

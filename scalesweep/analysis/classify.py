@@ -59,7 +59,18 @@ VERDICT_COLUMNS = [
     "n_points",
     "n_seeds",
 ]
-EXTRA_COLUMNS = ["change", "p_adjusted", "noise", "alt_verdict", "alt_detail", "flag", "shape", "reason", "n_left_out"]
+EXTRA_COLUMNS = [
+    "change",
+    "p_adjusted",
+    "noise",
+    "alt_verdict",
+    "alt_detail",
+    "flag",
+    "shape",
+    "reason",
+    "n_left_out",
+    "midpoint",
+]
 VERDICTS = ("expansion", "shrinkage", "transformation", "persistent", "absent", "inconclusive")
 TRENDS = ("expansion", "shrinkage", "transformation")
 
@@ -433,6 +444,7 @@ def _expansion_or_shrinkage(s, ph, trend: _Trend, present, explain: bool) -> dic
     moves = "rises" if trend.slope > 0 else "falls"
     detail = f"{'more' if more else 'less'} pronounced with scale (the strength {moves})"
     out = dict(verdict=verdict, detail=detail, transition=math.nan, reason="smooth_trend")
+    out["midpoint"] = _midpoint(s) if explain else math.nan
     small, large = _end_presence(s, ph)
     crosses = (more and not small and large) or (not more and small and not large)
     if not (explain and crosses):
@@ -486,6 +498,22 @@ def _abrupt(s: _Slice, ph: Phenomenon, more: bool, trend: _Trend) -> tuple[float
         return None
     c1, c2 = stats.robust_ramp_onset(pts, flat)
     return 10 ** (c1 if more else c2), p
+
+
+def _midpoint(s: _Slice) -> float:
+    """Where the strength is halfway between its small-end and large-end levels (each the mean
+    of the end's tenth of the points), interpolated in log-scale: the middle of the change,
+    whether abrupt or smooth, where an onset is its start. Cross-phenomenon pairs compare it."""
+    small, large, _ = _end_masks(s.u, s.scales, share=0.1)
+    half = (s.y[small].mean() + s.y[large].mean()) / 2
+    means, scales = s.scale_means - half, s.scales
+    cross = np.flatnonzero(np.sign(means[:-1]) * np.sign(means[1:]) <= 0)
+    if len(cross) == 0:
+        return math.nan
+    j = int(cross[len(cross) // 2])
+    step = means[j + 1] - means[j]
+    at = scales[j] if step == 0 else scales[j] - means[j] * (scales[j + 1] - scales[j]) / step
+    return float(10**at)
 
 
 def _end_presence(s: _Slice, ph: Phenomenon) -> tuple[bool, bool]:
@@ -649,6 +677,7 @@ def _blank() -> dict:
         change=nan,
         reason="",
         n_left_out=0,
+        midpoint=nan,
     )
 
 

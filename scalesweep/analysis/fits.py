@@ -283,11 +283,12 @@ def fit_power_law(x, y, n_boot: int = 200, level: float = 0.95, rng=0) -> PowerL
             est = _power_once(x, y)
             _finite_or_fail("power", len(x), est)
             resid = y - (est[0] + est[1] * x ** (-est[2]))
+            loss = float(np.mean(resid**2))  # inf when it overflows
         _identifiability_note([x], len(names), notes)
         boot = _bootstrap(lambda a, b: _power_once(a, b, est), (x, y), n_boot, rng, notes) if n_boot else None
     ci = _percentiles(boot, names, level) if boot is not None else {}
     params = dict(zip(names, map(float, est), strict=True))
-    return PowerLawFit("power", params, ci, float(np.mean(resid**2)), len(x), boot, notes)
+    return PowerLawFit("power", params, ci, loss, len(x), boot, notes)
 
 
 # --- Chinchilla ---------------------------------------------------------------------

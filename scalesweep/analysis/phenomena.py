@@ -50,6 +50,7 @@ class Phenomenon(BaseModel):
     signed: bool = False
     regimes: dict[str, str] | None = None
     alternative: str | None = None
+    becomes: str | None = None  # the phenomenon this one may turn into at larger scale (a declared A -> B pair)
     params: dict[str, float] = Field(default_factory=dict)
 
     @field_validator("strength", "alternative")
