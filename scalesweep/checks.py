@@ -15,6 +15,9 @@ at `report`, after the sweep has run:
   known without importing it;
 * an observable that reads another one's step series (e.g. `fit_steps` reads
   `train_acc` / `test_acc`, written by `accuracy`) needs that one too.
+* an observable the spec lists must apply to its task and model family (the
+  families / tasks its registry entry declares): attention entropy of an MLP,
+  or Fourier sparsity off modular arithmetic, is refused with what is valid.
 
 Only file reads and the registries: no torch work, no MLflow, no Ray, so
 `validate` stays fast.
@@ -85,7 +88,7 @@ def _check_observables_apply(spec, source: str) -> None:
         valid = [n for n in OBSERVABLES if does_not_apply(n, task, family) is None]
         raise UserError(
             f'{source}: field "observables[{i}]": observable {name} does not apply to task {task} with model '
-            f"family {family}: {why}. Remove it, or use a {'/'.join(OBSERVABLES[name].families) or family} model"
+            f"family {family}: {why}. Remove it, or use the {' or '.join(OBSERVABLES[name].families) or family} family"
             f"{' on ' + ', '.join(OBSERVABLES[name].tasks) if OBSERVABLES[name].tasks else ''}; observables "
             f"valid here: {', '.join(valid)}."
         )

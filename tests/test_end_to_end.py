@@ -69,8 +69,9 @@ def test_tiny_sweep_run_record_report_and_resume(workdir):
     assert {"report/report.html", "report/verdicts.csv", "report/figures"} <= artifacts
     # The paths the README names after the quickstart (here for the tiny sweep).
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    for named in ["reports/quickstart/report.html", "`mlflow.db`", "`report/verdicts.csv`", "`spec.yaml`"]:
+    for named in ["reports/quickstart/report.html", "`mlflow.db`", "`mlartifacts/`", "`report/verdicts.csv`"]:
         assert named in readme, named
     assert (workdir / "reports" / "tiny" / "report.html").is_file() and (workdir / "mlflow.db").is_file()
+    assert (workdir / "mlartifacts").is_dir()
     assert (workdir / "reports" / "tiny" / "verdicts.csv").is_file()  # "with verdicts.csv beside it"
     assert "spec.yaml" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}

@@ -177,7 +177,7 @@ def tables(draw) -> pd.DataFrame:
 OUTCOMES: dict[str, int] = {}
 
 
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @FUZZ

@@ -86,3 +86,19 @@ def test_shared_transition_scales_are_grouped():
     groups = shared_transitions(verdicts)
     assert len(groups) == 1 and groups[0]["phenomena"] == ["a", "b", "c"]
     assert 100 < groups[0]["scale"] < 250
+
+
+def test_the_report_writes_transformations_csv_and_says_the_pair_first(tmp_path):
+    from scalesweep.analysis.report import Study, write_report
+    from scalesweep.analysis.transformations import TRANSFORMATION_COLUMNS
+
+    rng = np.random.default_rng(7)
+    runs = _study(rng, lambda u: _step(u, 2.0, 0.8, 0.0), lambda u: _step(u, 2.1, 0.0, 0.8))
+    verdicts = classify_runs(runs, [A, B], ["n"], ["width"], n_boot=20)
+    page = write_report(tmp_path, Study(title="pair", axes=["n"], grid=["width"]), runs, [A, B], verdicts)
+    table = pd.read_csv(tmp_path / "transformations.csv")
+    assert list(table.columns) == TRANSFORMATION_COLUMNS
+    assert set(table["slice"]) == {"width=0", "width=1", "width=2"}
+    assert (table.p_adjusted <= 0.05).all() and table.transition.between(30, 300).all()
+    first_screen = page.read_text()[: page.read_text().index("<h2 id='verdicts'>")]
+    assert "memorise gives way to generalise near n = " in first_screen and "in every slice" in first_screen

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from scalesweep.analysis import classify, figures, fits, stats
+from scalesweep.analysis import classify, figures, fits, stats, transformations
 from scalesweep.analysis.advice import advice
 from scalesweep.analysis.classify import VERDICT_COLUMNS, VERDICTS
 from scalesweep.analysis.phenomena import Phenomenon, evaluate
@@ -97,10 +97,13 @@ def write_report(
         stale.unlink()
     verdicts = stable_columns(verdicts)
     verdicts.to_csv(out_dir / "verdicts.csv", index=False)
+    pairs = transformations.find_pairs(verdicts, phenomena)
+    pairs.to_csv(out_dir / "transformations.csv", index=False)
     runs.to_csv(out_dir / "runs.csv", index=False)  # the tidy table: input to `scalesweep fit` / `classify`
     sections = [_phenomenon_section(out_dir, study, runs, ph, verdicts) for ph in phenomena]
     path = out_dir / "report.html"
-    path.write_text(_page(study, runs, phenomena, verdicts, sections), encoding="utf-8")
+    found = _found(verdicts, phenomena, pairs)
+    path.write_text(_page(study, runs, phenomena, verdicts, sections, found), encoding="utf-8")
     return path
 
 
@@ -546,11 +549,29 @@ def _study_header(study: Study, runs: pd.DataFrame, phenomena: list[Phenomenon],
     )
 
 
+def _found(verdicts: pd.DataFrame, phenomena: list[Phenomenon], pairs: pd.DataFrame) -> list[str]:
+    """The first screen's plain sentences: what was found, then A -> B pairs and shared scales."""
+    from scalesweep.analysis.summary import summary_sentences
+
+    slices = verdicts.groupby("axis")["slice"].nunique().to_dict()
+    said = summary_sentences(verdicts, phenomena)
+    said += transformations.pair_sentences(pairs, slices)
+    said += transformations.shared_sentences(transformations.shared_transitions(verdicts))
+    return said
+
+
 def _page(
-    study: Study, runs: pd.DataFrame, phenomena: list[Phenomenon], verdicts: pd.DataFrame, sections: list[str]
+    study: Study,
+    runs: pd.DataFrame,
+    phenomena: list[Phenomenon],
+    verdicts: pd.DataFrame,
+    sections: list[str],
+    found: list[str],
 ) -> str:
+    sentences = "".join(f"<p>{_e(line)}</p>" for line in found)
     body = (
         _study_header(study, runs, phenomena, verdicts)
+        + (f"<div class='found'><h2 id='found'>What was found</h2>{sentences}</div>" if found else "")
         + "<h2 id='verdicts'>Verdicts</h2>"
         + _legend(verdicts)
         + _verdict_table(verdicts, phenomena)
@@ -569,6 +590,7 @@ figcaption {{ font-size: 0.85em; color: #555; max-width: 760px; }}
 p.note, p.description {{ color: #555; font-size: 0.9em; }} code {{ background: #f3f3f3; padding: 1px 4px; }}
 .chip {{ display: inline-block; padding: 2px 8px; margin-right: 6px; border: 1px solid #ccc; border-radius: 3px; }}
 section.phenomenon {{ border-top: 2px solid #ddd; margin-top: 2em; }}
+div.found p {{ font-size: 1.05em; margin: 0.3em 0; }}
 span.run {{ display: inline-block; margin-right: 8px; font-size: 0.9em; }}
 {colours}
 </style></head><body>

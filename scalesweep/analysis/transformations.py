@@ -156,7 +156,7 @@ def shared_transitions(verdicts: pd.DataFrame, factor: float = FACTOR) -> list[d
     groups = []
     for (axis, label), rows in verdicts.groupby(["axis", "slice"], sort=False):
         rows = rows[rows["verdict"].isin(("expansion", "shrinkage", "transformation"))]
-        rows = rows[[_finite(t) for t in rows["transition"]]].sort_values("transition")
+        rows = rows.loc[np.array([_finite(t) for t in rows["transition"]], dtype=bool)].sort_values("transition")
         if len(rows) < 2:
             continue
         logs = np.log10(rows["transition"].to_numpy(dtype=float))
@@ -174,3 +174,26 @@ def shared_transitions(verdicts: pd.DataFrame, factor: float = FACTOR) -> list[d
                     )
                 )
     return groups
+
+
+def pair_sentences(pairs: pd.DataFrame, slices_per_axis: dict[str, int] | None = None) -> list[str]:
+    """One sentence per (A, B, axis): "memorization gives way to comprehension near
+    data_size 600, in 3 of 3 slices" (the geometric mean of the slices' transitions)."""
+    sentences = []
+    for (a, b, axis), rows in pairs.groupby(["phenomenon_a", "phenomenon_b", "axis"], sort=False):
+        near = float(np.exp(np.log(rows["transition"].to_numpy(dtype=float)).mean()))
+        total = (slices_per_axis or {}).get(axis, len(rows))
+        where = "in every slice" if len(rows) == total and total > 1 else f"in {len(rows)} of {total} slice(s)"
+        if total == 1 and len(rows) == 1:
+            where = f"({rows['slice'].iloc[0]})"
+        sentences.append(f"{a} gives way to {b} near {axis} = {near:.2g}, {where}.")
+    return sentences
+
+
+def shared_sentences(groups: list[dict]) -> list[str]:
+    return [
+        f"Along {g['axis']} ({g['slice']}), {', '.join(g['phenomena'])} change near {g['scale']:.2g}: "
+        "candidates for one shared explanation."
+        for g in groups
+        if len(g["phenomena"]) >= 3
+    ]
