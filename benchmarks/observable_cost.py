@@ -44,9 +44,7 @@ def config(family: str, width: int, steps: int, observables: list[str]) -> RunCo
         model_size=width,
         data_size=800,
         seed=0,
-        training=TrainingSpec(
-            steps=steps, batch_size=512, optimizer="adamw", lr=0.01, weight_decay=1.0, eval_every=25
-        ),
+        training=TrainingSpec(steps=steps, batch_size=512, optimizer="adamw", lr=0.01, weight_decay=1.0, eval_every=25),
         observables=observables,
     )
 

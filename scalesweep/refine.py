@@ -46,6 +46,7 @@ import yaml
 
 from scalesweep.analysis import classify
 from scalesweep.analysis.phenomena import Phenomenon, evaluate
+from scalesweep.analysis.slices import slices
 from scalesweep.plan import _refined, plan
 from scalesweep.spec import RefinePoint, SweepSpec, read_refinements, refine_path
 
@@ -96,13 +97,7 @@ def propose(
 
 def slice_runs(runs: pd.DataFrame, axis: str, label: str, axes: list[str], grid: list[str]) -> pd.DataFrame:
     """The runs of one verdict's slice, grouped exactly as the classifier grouped them."""
-    cols = classify.slice_columns(runs, axis, axes, grid)
-    if not cols:
-        return runs if label == "all" else runs.iloc[:0]
-    for key, group in runs.groupby(cols, dropna=False, sort=True):
-        if classify.slice_label(cols, key) == label:
-            return group
-    return runs.iloc[:0]
+    return next((group for name, group in slices(runs, axis, axes, grid) if name == label), runs.iloc[:0])
 
 
 def _transition(spec: SweepSpec, verdict: pd.Series, group: pd.DataFrame, ph: Phenomenon) -> Proposal | None:

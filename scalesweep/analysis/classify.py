@@ -42,6 +42,7 @@ import pandas as pd
 
 from scalesweep.analysis import stats
 from scalesweep.analysis.phenomena import Phenomenon, evaluate
+from scalesweep.analysis.slices import slices
 from scalesweep.errors import UserError
 
 VERDICT_COLUMNS = [
@@ -704,45 +705,6 @@ def log_bins(values: pd.Series, per_decade: int = 2) -> pd.Series:
 _DROP_STATUS = {"FAILED", "KILLED", "RUNNING", "SCHEDULED"}
 
 
-# Axes computed from other columns (compute ≈ 6 · n_params · examples seen). Never a slice
-# column along another axis (each run would be its own slice); along one, the columns it is
-# made of vary with it, so they do not slice either: "along compute" is the study's diagonal.
-DERIVED_AXES = {"compute": ("model_size", "data_size", "n_params", "budget")}
-
-
-def slice_columns(runs: pd.DataFrame, axis: str, axes, grid) -> list[str]:
-    """Other axes and grid columns, minus mere relabellings of `axis` (n_params) and derived axes."""
-    cols: list[str] = []
-    skip = {axis, *DERIVED_AXES, *DERIVED_AXES.get(axis, ())}
-    for col in [*axes, *grid]:
-        if col in skip or col not in runs.columns or col in cols:
-            continue
-        if not any(_relabels(runs, col, other) for other in [axis, *cols]):
-            cols.append(col)
-    return cols
-
-
-def _relabels(runs: pd.DataFrame, a: str, b: str) -> bool:
-    """True when columns a and b determine each other (e.g. model_size, n_params)."""
-    return (
-        runs.groupby(a, dropna=False)[b].nunique(dropna=False).max() <= 1
-        and runs.groupby(b, dropna=False)[a].nunique(dropna=False).max() <= 1
-    )
-
-
-def slice_label(cols: list[str], key) -> str:
-    if not cols:
-        return "all"
-    key = key if isinstance(key, tuple) else (key,)
-    return ", ".join(f"{c}={_fmt(v)}" for c, v in zip(cols, key, strict=True))
-
-
-def _fmt(value) -> str:
-    if isinstance(value, float | np.floating):
-        return f"{value:g}"
-    return str(value)
-
-
 def _alternative(points: pd.DataFrame, x: str, ph: Phenomenon, seed, n_boot, gen) -> dict:
     """Verdict on the alternative continuous metric, with presence switched off."""
     inf = math.inf if ph.direction == "lower" else -math.inf
@@ -779,7 +741,7 @@ def classify_runs(
     """Verdicts for every phenomenon, axis (with >1 value) and slice of a runs table.
 
     A slice holds the runs that share every other axis and grid value. Pass
-    independent axes, plus derived ones of `DERIVED_AXES` (sliced as the
+    independent axes, plus derived ones of `slices.DERIVED_AXES` (sliced as the
     diagonal, see there). Failed runs are left out; diverged runs are data. After
     all slices are classified, p-values are adjusted with Benjamini &
     Hochberg (1995); a trend whose adjusted p exceeds `fdr` is demoted to
@@ -793,9 +755,7 @@ def classify_runs(
         for axis in axes:
             if runs[axis].nunique() <= 1:
                 continue
-            cols = slice_columns(runs, axis, axes, grid)
-            groups = ev.groupby(cols, dropna=False, sort=True) if cols else [((), ev)]
-            jobs.extend((ph, axis, slice_label(cols, key), points, seed, n_boot) for key, points in groups)
+            jobs.extend((ph, axis, label, points, seed, n_boot) for label, points in slices(ev, axis, axes, grid))
     # One random stream per slice, spawned from `rng`: the verdicts do not depend on how
     # many processes classify them, or in which order.
     streams = _as_rng(rng).spawn(len(jobs))

@@ -29,6 +29,7 @@ from scalesweep.analysis import classify, figures, fits, stats, transformations
 from scalesweep.analysis.advice import advice
 from scalesweep.analysis.classify import VERDICT_COLUMNS, VERDICTS
 from scalesweep.analysis.phenomena import Phenomenon, evaluate
+from scalesweep.analysis.slices import label_slices
 from scalesweep.errors import UserError
 
 VERDICT_COLOURS = {
@@ -221,15 +222,7 @@ def _replicated(table: pd.DataFrame, axis: str) -> bool:
 def _with_slices(table: pd.DataFrame, study: Study, axis: str) -> tuple[pd.DataFrame, list[str]]:
     """Label each run with its slice exactly as the classifier names it, so that
     the figure's legend, the verdict table and the runs table agree."""
-    cols = classify.slice_columns(table, axis, study.axes, study.grid)
-    if not cols:
-        return table.assign(slice="all"), ["all"]
-    labels = pd.Series("", index=table.index, dtype=object)
-    order = []
-    for key, group in table.groupby(cols, dropna=False, sort=True):
-        label = classify.slice_label(cols, key)
-        labels[group.index] = label
-        order.append(label)
+    labels, order = label_slices(table, axis, study.axes, study.grid)
     return table.assign(slice=labels), order
 
 
