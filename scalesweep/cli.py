@@ -277,7 +277,7 @@ def isoflop(
     loss: Annotated[str, typer.Option("--loss", help="the loss column to minimise")] = "final_test_loss",
 ) -> None:
     """IsoFLOP analysis: loss-optimal model size per budget, and N_opt ∝ C^a, D_opt ∝ C^b."""
-    from scalesweep.analysis.isoflop import isoflop_study
+    from scalesweep.study import isoflop_study
 
     optima, exponents = isoflop_study(_load(spec), tracking_uri=tracking_uri, loss=loss)
     table = Table(title="loss-optimal model size per compute budget (95% bootstrap interval)")

@@ -130,3 +130,23 @@ def _state(children: list[track.ChildRun]) -> tuple[str, str]:
             if child.status == status:
                 return state, child.run_id
     return "missing", ""
+
+
+def isoflop_study(
+    spec: SweepSpec, tracking_uri: str | None = None, loss: str = "final_test_loss", n_boot: int = 400
+):
+    """A sweep's IsoFLOP optima per budget and, with two or more budgets, the fitted exponents.
+
+    Read through `sweep_runs`, like the report: only the plan's current keys, each with its
+    latest finished run, so runs of an edited spec or a `run --force` never enter the fit."""
+    from scalesweep.analysis.isoflop import fit_exponents, isoflop_optima
+
+    if spec.design.kind != "isoflop":
+        raise UserError(
+            f'sweep "{spec.name}" has a {spec.design.kind} design; the IsoFLOP analysis needs '
+            f"design: {{kind: isoflop, budgets: [...]}} (see docs/designs.md)."
+        )
+    runs, _ = sweep_runs(spec, tracking_uri or spec.tracking.uri)
+    optima, replicates = isoflop_optima(runs, loss=loss, n_boot=n_boot)
+    exponents = fit_exponents(optima, replicates) if len(optima) >= 2 else None
+    return optima, exponents

@@ -6,12 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scalesweep.analysis.isoflop import fit_exponents, isoflop_optima, isoflop_study
+from scalesweep.analysis.isoflop import fit_exponents, isoflop_optima
 from scalesweep.errors import UserError
 from scalesweep.isoflop import TOLERANCE, config_n_params
 from scalesweep.plan import plan
 from scalesweep.preview import fit_rate
 from scalesweep.spec import parse_spec
+from scalesweep.study import isoflop_study
 from tests.conftest import TINY_SPEC, cli, write_spec
 
 ISOFLOP_SPEC = """
@@ -137,6 +138,32 @@ def test_exponents_need_two_budgets():
 def test_isoflop_analysis_of_a_grid_sweep_says_what_design_it_needs():
     with pytest.raises(UserError, match="needs design"):
         isoflop_study(parse_spec(TINY_SPEC.format(name="t", steps=5)))
+
+
+def test_isoflop_study_reads_only_the_current_runs_of_the_spec(monkeypatch):
+    """After `run --force` (a key finished twice) or an edited spec (keys of another plan),
+    only the latest finished run of each planned key enters the fit (issue 15's bug)."""
+    import scalesweep.study as study
+
+    spec = parse_spec(ISOFLOP_SPEC)
+    configs = plan(spec)
+    good = pd.DataFrame(
+        dict(
+            run_key=[c.run_key for c in configs],
+            status="FINISHED",
+            start_time=1,
+            budget=[c.grid["budget"] for c in configs],
+            n_params=[float(c.model_size) for c in configs],  # a stand-in: the fit needs sizes, not counts
+        )
+    )
+    good["final_test_loss"] = (np.log(good["n_params"]) - np.log(good["budget"]) / 8) ** 2 + 0.01 * good.index
+    stale = good.assign(run_key="stale-" + good["run_key"], final_test_loss=0.0)  # another spec's runs
+    forced = good.assign(start_time=0, final_test_loss=good["final_test_loss"] + 100.0)  # superseded by `good`
+    monkeypatch.setattr(study.track, "require_store", lambda uri: uri)
+    monkeypatch.setattr(study, "runs_from_mlflow", lambda *a, **k: pd.concat([stale, forced, good]))
+    optima, _ = isoflop_study(spec, n_boot=20)
+    expected, _ = isoflop_optima(study.with_compute(good, spec), n_boot=20)
+    assert np.allclose(optima["n_opt"], expected["n_opt"])
 
 
 def test_plan_previews_runs_and_total_compute_without_creating_a_store(workdir):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -30,9 +29,6 @@ from scipy import stats
 
 from scalesweep.analysis.load import require_columns
 from scalesweep.errors import UserError
-
-if TYPE_CHECKING:
-    from scalesweep.spec import SweepSpec
 
 FLOPS_PER_PARAM_EXAMPLE = 6
 MIN_SIZES = 3  # a parabola needs three model sizes
@@ -145,22 +141,3 @@ def budget_column(runs: pd.DataFrame, compute: str = "compute") -> pd.Series:
         return pd.to_numeric(runs["budget"], errors="coerce")
     require_columns(runs, [compute], "isoflop analysis")
     return pd.to_numeric(runs[compute], errors="coerce").map(lambda c: float(f"{c:.2g}"))
-
-
-def isoflop_study(
-    spec: SweepSpec, tracking_uri: str | None = None, loss: str = "final_test_loss", n_boot: int = 400
-) -> tuple[pd.DataFrame, Exponents | None]:
-    """A sweep's IsoFLOP optima per budget and, with two or more budgets, the fitted exponents."""
-    from scalesweep.analysis.load import runs_from_mlflow
-
-    if spec.design.kind != "isoflop":
-        raise UserError(
-            f'sweep "{spec.name}" has a {spec.design.kind} design; the IsoFLOP analysis needs '
-            f"design: {{kind: isoflop, budgets: [...]}} (see docs/designs.md)."
-        )
-    runs = runs_from_mlflow(spec.name, spec.experiment_name, tracking_uri or spec.tracking.uri)
-    if runs.empty:
-        raise UserError(f'sweep "{spec.name}" has no finished run yet; run `scalesweep run` on its spec first.')
-    optima, replicates = isoflop_optima(runs, loss=loss, n_boot=n_boot)
-    exponents = fit_exponents(optima, replicates) if len(optima) >= 2 else None
-    return optima, exponents
