@@ -218,14 +218,21 @@ def _confirm_size(spec: Path, n_runs: int, yes: bool, verb: str) -> None:
 @app.command()
 @user_errors
 def report(
-    spec: SpecArg,
+    spec: Annotated[Path, typer.Argument(help="a sweep spec (sweeps/quickstart.yaml) or a phenomenon record (.zip)")],
     tracking_uri: TrackingOpt = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="output folder (default reports/<sweep>)")] = None,
 ) -> None:
-    """Classify the sweep's phenomena and write report.html and verdicts.csv."""
-    from scalesweep.study import report_sweep
+    """Classify the sweep's phenomena and write report.html and verdicts.csv (a record: no MLflow needed)."""
+    from scalesweep.records import is_record
 
-    path, verdicts = report_sweep(_load(spec), tracking_uri=tracking_uri, out_dir=out_dir)
+    if is_record(spec):  # a phenomenon record: no MLflow, Ray or torch is imported
+        from scalesweep.records import report_record
+
+        path, verdicts = report_record(spec, out_dir=out_dir)
+    else:
+        from scalesweep.study import report_sweep
+
+        path, verdicts = report_sweep(_load(spec), tracking_uri=tracking_uri, out_dir=out_dir)
     _print_verdicts(verdicts)
     out.print(f"report: {path}", highlight=False)
 
@@ -312,14 +319,17 @@ def status(spec: SpecArg, tracking_uri: TrackingOpt = None) -> None:
 @app.command()
 @user_errors
 def classify(
-    table: Annotated[Path, typer.Argument(help="a CSV with one row per run or model")],
-    axis: Annotated[str, typer.Option("--axis", help="the scale column")],
-    value: Annotated[str, typer.Option("--value", help="the phenomenon's strength column")],
+    table: Annotated[Path, typer.Argument(help="a CSV with one row per run or model, or a phenomenon record (.zip)")],
+    axis: Annotated[str | None, typer.Option("--axis", help="the scale column (a record: only this axis)")] = None,
+    value: Annotated[str | None, typer.Option("--value", help="the phenomenon's strength column")] = None,
+    phenomenon: Annotated[
+        list[str] | None, typer.Option("--phenomenon", help="a record: only this phenomenon (repeatable)")
+    ] = None,
     group: Annotated[list[str] | None, typer.Option("--group", help="slice by this column (repeatable)")] = None,
     seed: Annotated[str | None, typer.Option("--seed", help="the seed column, if any")] = None,
     direction: Annotated[
-        str, typer.Option("--direction", help="higher|lower: which way is more pronounced")
-    ] = "higher",
+        str | None, typer.Option("--direction", help="higher|lower: which way is more pronounced (default higher)")
+    ] = None,
     presence: Annotated[float | None, typer.Option("--presence", help="present beyond this value")] = None,
     min_effect: Annotated[float | None, typer.Option("--min-effect", help="smallest change that counts")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("reports/classify"),
@@ -327,7 +337,23 @@ def classify(
         bool, typer.Option("--signed", help="the value is signed (a gain): a change of sign is a transformation")
     ] = False,
 ) -> None:
-    """Classify a phenomenon measured in any table (published results too)."""
+    """Classify a phenomenon measured in any table (published results too), or re-classify a
+    phenomenon record's runs with its phenomena (options override their fields)."""
+    from scalesweep.records import is_record
+
+    if is_record(table):
+        from scalesweep.records import classify_record_command
+
+        path, verdicts = classify_record_command(
+            table, out_dir, phenomenon or [], axis, value, group, seed, direction, presence, min_effect, signed
+        )
+        _print_verdicts(verdicts)
+        out.print(f"report: {path}", highlight=False)
+        return
+    if axis is None or value is None:
+        raise UserError(
+            f"{table}: classifying a table needs --axis (the scale column) and --value (the strength column)."
+        )
     from scalesweep.analysis.table import classify_table
 
     path, verdicts = classify_table(
@@ -336,7 +362,7 @@ def classify(
         value=value,
         group=group or [],
         seed=seed,
-        direction=direction,
+        direction=direction or "higher",
         presence=presence,
         min_effect=min_effect,
         out_dir=out_dir,
@@ -344,6 +370,65 @@ def classify(
     )
     _print_verdicts(verdicts)
     out.print(f"report: {path}", highlight=False)
+
+
+@app.command()
+@user_errors
+def export(
+    spec: SpecArg,
+    out_file: Annotated[Path | None, typer.Option("--out", help="the record (default records/<sweep>.zip)")] = None,
+    tracking_uri: TrackingOpt = None,
+    no_series: Annotated[
+        bool, typer.Option("--no-series", help="leave the step series out (a smaller record)")
+    ] = False,
+    cite: Annotated[
+        str | None, typer.Option("--cite", help="how to cite the record (default: its name and date)")
+    ] = None,
+    license_: Annotated[str | None, typer.Option("--license", help="the record's license (default CC-BY-4.0)")] = None,
+) -> None:
+    """Write the sweep's phenomenon record: runs, step series, phenomena, verdicts, spec, run keys,
+    manifest, as one .zip that `report`, `classify` and `compare` read without MLflow, Ray or torch."""
+    from scalesweep.records import export_sweep
+
+    path = export_sweep(
+        _load(spec), tracking_uri=tracking_uri, out=out_file, with_series=not no_series, cite=cite, license=license_
+    )
+    out.print(f"record: {path}", highlight=False)
+
+
+@app.command()
+@user_errors
+def compare(
+    record_a: Annotated[Path, typer.Argument(help="a phenomenon record (.zip)")],
+    record_b: Annotated[Path, typer.Argument(help="another phenomenon record (.zip)")],
+    out_file: Annotated[Path | None, typer.Option("--out", help="also write the comparison (.csv or .html)")] = None,
+) -> None:
+    """Where two records agree and disagree, phenomenon by phenomenon and axis by axis: verdict,
+    effect with its interval, and transition, side by side."""
+    from scalesweep.records import compare_records, comparison_summary, write_comparison
+
+    frame, notes = compare_records(record_a, record_b)
+    _print_comparison(frame, f"A = {record_a.name}, B = {record_b.name}")
+    for note in notes:
+        err.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
+    out.print(comparison_summary(frame), highlight=False)
+    if out_file is not None:
+        written = write_comparison(frame, notes, out_file, (str(record_a), str(record_b)))
+        out.print(f"comparison: {written}", highlight=False)
+
+
+def _print_comparison(frame, title: str) -> None:
+    from scalesweep.records import AGREEMENT_STYLES, evidence_text
+
+    table = Table(title=escape(title), show_lines=True)
+    for column in ["phenomenon", "axis", "slice", "agreement", "A: verdict, effect [CI], transition", "B: the same"]:
+        table.add_column(column, overflow="fold")
+    for row in frame.to_dict("records"):
+        style = AGREEMENT_STYLES.get(row["agreement"], "")
+        cells = [row["phenomenon"], row["axis"], row["slice"], row["agreement"]]
+        cells += [evidence_text(row, "a"), evidence_text(row, "b")]
+        table.add_row(*(escape(str(c)) for c in cells), style=style)
+    out.print(table)
 
 
 @app.command()

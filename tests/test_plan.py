@@ -8,7 +8,7 @@ import yaml
 
 from scalesweep.plan import group_by_ensemble, plan
 from scalesweep.spec import parse_spec
-from tests.conftest import TINY_SPEC, cli, write_spec
+from tests.conftest import TINY_SPEC, write_spec
 
 GOOD = TINY_SPEC.format(name="tiny", steps=50)
 
@@ -55,9 +55,14 @@ def test_seed_ensembles_group_runs_that_differ_only_in_seed():
     assert all(len({r.seed for r in g}) == 2 and len({r.ensemble_key for r in g}) == 1 for g in groups)
 
 
-def test_plan_command_json(tmp_path):
-    result = cli("plan", str(write_spec(tmp_path, GOOD)), "--json", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+def test_plan_command_json(workdir):
+    """In-process (a real process costs seconds of imports; test_bad_input runs a handful of those)."""
+    from typer.testing import CliRunner
+
+    from scalesweep.cli import app
+
+    result = CliRunner().invoke(app, ["plan", str(write_spec(workdir, GOOD)), "--json"])
+    assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     assert len(rows) == 18
     assert {"run_key", "model_size", "data_size", "seed", "config"} <= set(rows[0])

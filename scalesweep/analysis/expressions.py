@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from scalesweep.analysis import series as step_series
 from scalesweep.errors import UserError, did_you_mean
 
 
@@ -153,16 +154,17 @@ class _Checker(ast.NodeVisitor):
 
     def visit_Call(self, node):
         name = node.func.id if isinstance(node.func, ast.Name) else None
-        if name not in FUNCTIONS:
+        allowed = [*FUNCTIONS, *step_series.STEP_FUNCTIONS]  # the latter: over a run's step series
+        if name not in allowed:
             shown = name or type(node.func).__name__
             raise _fail(
                 self.expr,
-                f'"{shown}" is not an allowed function{did_you_mean(shown, FUNCTIONS)}; '
-                f"allowed: {', '.join(sorted(FUNCTIONS))}",
+                f'"{shown}" is not an allowed function{did_you_mean(shown, allowed)}; '
+                f"allowed: {', '.join(sorted(allowed))}",
             )
         if node.keywords:
             raise _fail(self.expr, f"{name}() takes no keyword arguments")
-        want = _ARITY.get(name, 1)
+        want = _ARITY.get(name, step_series.STEP_FUNCTIONS.get(name, 1))
         if len(node.args) != want:
             raise _fail(self.expr, f"{name}() takes {want} argument(s), got {len(node.args)}")
         for arg in node.args:
@@ -184,8 +186,9 @@ def _column(df: pd.DataFrame, name: str) -> np.ndarray:
 
 
 class _Evaluator:
-    def __init__(self, expr: str, df: pd.DataFrame, params: Mapping[str, float]):
+    def __init__(self, expr: str, df: pd.DataFrame, params: Mapping[str, float], series=None):
         self.expr, self.df, self.params = expr, df, dict(params or {})
+        self.series = series  # a series.SeriesIndex, for the step functions
 
     def run(self, node):
         method = getattr(self, "_" + type(node).__name__)
@@ -210,6 +213,10 @@ class _Evaluator:
             f"{did_you_mean(node.id, valid)}; valid columns and parameters are: "
             f"{', '.join(valid)}."
         )
+
+    def _evaluate_on(self, node, frame: pd.DataFrame):
+        """A sub-expression on the runs table, or on one run's step series (a step function's argument)."""
+        return self.run(node) if frame is self.df else _Evaluator(self.expr, frame, self.params).run(node)
 
     def _BinOp(self, node):
         return _BINOPS[type(node.op)](self._num(node.left), self._num(node.right))
@@ -242,26 +249,40 @@ class _Evaluator:
         return result
 
     def _Call(self, node):
+        if node.func.id in step_series.STEP_FUNCTIONS:
+            return step_series.call(node.func.id, node, self.expr, self.df, self.params, self.series, self._evaluate_on)
         args = [self._num(a) if node.func.id != "where" else self.run(a) for a in node.args]
         return FUNCTIONS[node.func.id](*args)
 
 
-def evaluate(expr: str, df: pd.DataFrame, params: Mapping[str, float] | None = None) -> np.ndarray:
+def evaluate(
+    expr: str, df: pd.DataFrame, params: Mapping[str, float] | None = None, series: pd.DataFrame | None = None
+) -> np.ndarray:
     """Evaluate `expr` row-wise over `df`; returns an array of len(df).
 
     Numeric results are float arrays, conditions are bool arrays. Raises
     `UserError` for anything outside the language or for unknown names.
+    `series` (or `df.attrs["step_series"]`): the runs' step series, a long
+    table of run_id, step and metrics, which the step functions read (see
+    `series.py`).
     """
     tree = parse(expr)
+    if series is None:
+        series = df.attrs.get(step_series.SERIES_ATTR)
+    index = step_series.SeriesIndex(series) if series is not None and _uses_steps(tree) else None
     try:
         with np.errstate(all="ignore"):
-            value = _Evaluator(expr, df, params or {}).run(tree)
+            value = _Evaluator(expr, df, params or {}, index).run(tree)
     except RecursionError:
         raise _fail(expr, "it nests too deeply") from None
     arr = np.asarray(value)
     if arr.ndim == 0:
         arr = np.full(len(df), arr.item(), dtype=arr.dtype)
     return arr
+
+
+def _uses_steps(tree: ast.AST) -> bool:
+    return any(step_series.is_step_call(node) for node in ast.walk(tree))
 
 
 def check_names(expr: str, columns: Iterable[str], params: Mapping[str, float] | None) -> None:

@@ -99,36 +99,38 @@ def strength_vs_axis(
 
 
 def _small_multiples(points, axis, slice_col, order, title, ylabel, path, curves, presence) -> Path:
-    """One panel per slice (seaborn's FacetGrid), shared x and y, its own fitted curve in each."""
-    data = points.dropna(subset=["strength"]).assign(**{slice_col: lambda t: t[slice_col].map(_plain)})
-    panels = [_plain(s) for s in order]
-    replicated = bool((data.groupby([slice_col, axis]).size() >= 2).mean() > 0.5) if len(data) else False
-    grid = sns.relplot(
-        data=data,
-        x=axis,
-        y="strength",
-        col=slice_col,
-        col_order=panels,
-        col_wrap=min(PANELS_PER_ROW, len(panels)),
-        kind="line",
-        marker="o",
-        errorbar=("ci", 95) if replicated else None,  # one value per model: no interval to draw
-        n_boot=200,
-        seed=0,
-        height=2.0,
-        aspect=1.3,
-        facet_kws=dict(sharex=True, sharey=True),
-    )
-    by_slice = {_plain(c.slice): c for c in curves}
-    for name, ax in grid.axes_dict.items():
+    """One panel per slice on a shared grid of axes, its own fitted curve in each.
+
+    Drawn with plain matplotlib on seaborn's theme: a FacetGrid lays out its panels
+    twice (`tight_layout`), which for 30 panels costs more than the whole classification."""
+    data = points.dropna(subset=["strength"])
+    cols = min(PANELS_PER_ROW, len(order))
+    rows = -(-len(order) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.0 * rows + 0.9), sharex=True, sharey=True)
+    axes = np.atleast_1d(axes).ravel()
+    by_slice = {c.slice: c for c in curves}
+    colour = sns.color_palette()[0]
+    for ax, name in zip(axes, order, strict=False):
+        mine = data[data[slice_col] == name]
+        stats = mine.groupby(axis)["strength"].agg(["mean", "sem", "size"])
+        ax.plot(stats.index, stats["mean"], marker="o", ms=3, lw=1, color=colour)
+        spread = stats["size"] >= 2
+        if spread.any():  # replicates: the 95% interval of the mean (normal approximation)
+            half = 1.96 * stats["sem"].where(spread)
+            ax.fill_between(stats.index, stats["mean"] - half, stats["mean"] + half, color=colour, alpha=0.2, lw=0)
         if name in by_slice:
-            _draw_curves(ax, [by_slice[name]], {by_slice[name].slice: "black"}, legend=False)
+            _draw_curves(ax, [by_slice[name]], {name: "black"}, legend=False)
         _draw_presence(ax, presence, data["strength"])
         ax.set_xscale("log")
-        ax.set_title(name, fontsize="x-small")
-    grid.set_axis_labels(_plain(axis), _plain(ylabel) if len(ylabel) <= 24 else "strength")
-    grid.figure.suptitle(_plain(title) + " (dashed: fitted curve)", y=1.0)
-    return _save(grid.figure, path, tight=False)  # relplot has laid the panels out already
+        ax.set_title(_plain(name), fontsize="x-small")
+    for ax in axes[len(order) :]:
+        ax.set_visible(False)
+    fig.supxlabel(_plain(axis), fontsize="small")
+    fig.supylabel(_plain(ylabel) if len(ylabel) <= 24 else "strength", fontsize="small")
+    fig.suptitle(_plain(title) + " (dashed: fitted curve; dotted: extrapolated)", fontsize="medium")
+    height = 2.0 * rows + 0.9  # inches: the margins below are fixed in inches, whatever the rows
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.5 / height + 0.03, top=1 - 0.8 / height, hspace=0.45)
+    return _save(fig, path, tight=False)  # a fixed layout: tight_layout measures every panel's text
 
 
 def _draw_curves(ax, curves: Sequence[Curve], colours: dict, legend: bool = True) -> None:
@@ -247,6 +249,6 @@ def _save(fig, path: Path, tight: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if tight:
         fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches=None if tight else "tight")
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

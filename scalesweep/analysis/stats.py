@@ -205,10 +205,23 @@ class Hinge:
         return t_sf(sign * float(self.fit.coef[i]) / se, self.fit.df)
 
 
+MAX_BREAKPOINTS = 24  # breakpoints are profiled over at most this many scales (evenly spread over the points)
+
+
+def _thin(values: np.ndarray, most: int = MAX_BREAKPOINTS) -> np.ndarray:
+    """At most `most` of the sorted `values`, evenly spread: a table of 80 models needs no
+    80 candidate breakpoints, and each costs a fit in every bootstrap resample."""
+    if len(values) <= most:
+        return values
+    return values[np.unique(np.linspace(0, len(values) - 1, most).round().astype(int))]
+
+
 def hinge_candidates(u: np.ndarray, min_arm: int = 2) -> np.ndarray:
     """Interior scale points that leave at least `min_arm` points on each arm."""
     distinct = np.unique(u)
-    return distinct[min_arm - 1 : len(distinct) - min_arm + 1] if len(distinct) >= 2 * min_arm - 1 else distinct[:0]
+    if len(distinct) < 2 * min_arm - 1:
+        return distinct[:0]
+    return _thin(distinct[min_arm - 1 : len(distinct) - min_arm + 1])
 
 
 def _arm_design(u: np.ndarray, c: float) -> np.ndarray:
@@ -302,10 +315,17 @@ class Ramp:
 
 def ramp_pairs(u: np.ndarray, flat: str, min_flat: int = 2) -> np.ndarray:
     """Candidate (c1, c2) pairs whose `flat` end ("low" or "high") holds at least `min_flat` points."""
-    d = np.unique(u)
+    distinct = np.unique(u)
+    if len(distinct) < 3:
+        return np.zeros((0, 2))
+    lo, hi = distinct[0], distinct[-1]
+    d = np.unique(np.concatenate([[lo, hi], _thin(distinct)]))
     i, j = np.triu_indices(len(d), k=1)
     keep = ~((i == 0) & (j == len(d) - 1))  # that one is the straight line
-    keep &= i >= min_flat - 1 if flat == "low" else j <= len(d) - min_flat
+    if flat == "low":  # the flat end must hold `min_flat` points
+        keep &= d[i] >= distinct[min_flat - 1]
+    else:
+        keep &= d[j] <= distinct[-min_flat]
     return np.column_stack([d[i[keep]], d[j[keep]]])
 
 
@@ -351,7 +371,7 @@ def ramp(pts: Points, flat: str) -> Ramp | None:
     return Ramp(float(c1), float(c2), float(fit.coef[0]), float(fit.coef[1]), float(stat[0].max()), df, s2, units)
 
 
-def ramp_p(pts: Points, found: Ramp, flat: str, line: Fit, draws: int = 499, seed: int = 0) -> float:
+def ramp_p(pts: Points, found: Ramp, flat: str, line: Fit, draws: int = 299, seed: int = 0) -> float:
     """Parametric-bootstrap p of the ramp against the fitted straight line.
 
     The ramp does not contain every line, so its statistic depends on the
