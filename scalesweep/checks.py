@@ -105,6 +105,25 @@ def recorders() -> dict[str, list[str]]:
     return by_column
 
 
+def _check_step_series(ph, source: str, field: str) -> None:
+    """A step function (first_step, series_max, ...) must read step series: a column some observable
+    logs at every evaluation, or `step`; a summary (one value per run) is refused."""
+    from scalesweep.analysis import expressions, series
+    from scalesweep.observables import OBSERVABLES
+
+    stepwise = {"step"} | {c for ob in OBSERVABLES.values() for c in ob.step_columns}
+    in_series: set[str] = set()
+    for expr in ph.expressions_used():
+        in_series |= series.series_names(expressions.parse(expr)) - set(ph.params)
+    wrong = sorted(in_series - stepwise)
+    if wrong:
+        raise UserError(
+            f'{source}: {field}: phenomenon "{ph.name}" applies a step function to {", ".join(wrong)}, which '
+            f"no observable logs as a step series (a summary has one value per run); step series: "
+            f"{', '.join(sorted(stepwise))}."
+        )
+
+
 def _check_phenomena(spec, source: str) -> None:
     from scalesweep.analysis import expressions
     from scalesweep.analysis.phenomena import load_phenomenon
@@ -119,6 +138,7 @@ def _check_phenomena(spec, source: str) -> None:
             ph = load_phenomenon(ref.name, overrides={"params": ref.params} if ref.params else None)
         except UserError as err:
             raise UserError(f"{source}: {field}: {err}") from None
+        _check_step_series(ph, source, field)
         used = sorted({name for expr in ph.expressions_used() for name in expressions.names(expr)} - set(ph.params))
         missing: dict[str, list[str]] = {}  # observable -> the columns of it the phenomenon uses
         unknown = []

@@ -88,6 +88,16 @@ class Observable:
     tasks: tuple[str, ...] = ()  # tasks it applies to (empty: any)
     reference: str = ""  # the paper its definition follows (docs/observables.md)
 
+    @property
+    def step_columns(self) -> tuple[str, ...]:
+        """The columns its step part logs at every evaluation (the step series a phenomenon's step
+        functions can read): its columns, less the run-level ones (`final_*`, `*_init*`, `*_final*`,
+        per-layer `<...>` patterns)."""
+        if self.step is None:
+            return ()
+        run_level = ("_init", "_final", "<")
+        return tuple(c for c in self.columns if not c.startswith("final_") and not any(m in c for m in run_level))
+
 
 OBSERVABLES: dict[str, Observable] = {}
 

@@ -83,8 +83,7 @@ MANIFEST_KEYS = (
 )
 DEFAULT_LICENSE = "CC-BY-4.0"
 MAX_MEMBER_BYTES = 4 * 2**30  # a member larger than this (uncompressed) is refused: no zip bombs
-RECORD_SUFFIXES = (".zip",)
-ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".gz")
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")  # not .gz: `classify t.csv.gz` is a table
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 GZIP_MAGIC = b"\x1f\x8b"
 SQL_CHUNK = 5000  # run ids per SQL query: a sweep of up to this many runs is read in one query
@@ -149,28 +148,36 @@ def build_record(
     (a test's synthetic one, a CSV of published results). The verdicts and pairs
     are recomputed here rather than copied, so that they always match the runs."""
     out = _record_path(out)
+    unsafe = [ph.name for ph in phenomena if not SAFE_NAME.fullmatch(ph.name)]
+    if unsafe:
+        raise UserError(f"phenomenon name(s) {', '.join(map(repr, unsafe))} cannot name a file of a record.")
     verdicts = stable_columns(
         classify_runs(runs, list(phenomena), axes=list(axes), grid=list(grid), seed=seed, n_boot=n_boot)
     )
-    pairs = find_pairs(verdicts, phenomena)
-    keys = run_keys if run_keys is not None else _keys_of(runs)
-    members: dict[str, bytes] = {
-        RUNS: _parquet(runs),
-        SPEC: spec_text.encode("utf-8"),
-        RUN_KEYS: _csv(keys[RUN_KEY_COLUMNS]),
-        VERDICTS: _csv(verdicts),
-        TRANSFORMATIONS: _csv(pairs),
-    }
-    if series is not None:
-        members[SERIES] = _parquet(series[SERIES_COLUMNS])
-    for ph in phenomena:
-        members[f"{PHENOMENA_DIR}/{ph.name}.yaml"] = _phenomenon_yaml(ph)
+    tables = dict(runs=runs, keys=run_keys if run_keys is not None else _keys_of(runs), series=series)
+    members = _member_bytes(tables, verdicts, find_pairs(verdicts, phenomena), phenomena, spec_text)
     facts = dict(name=name, description=description, cite=cite, license=license, axes=list(axes), grid=list(grid))
     facts |= dict(seed=seed, phenomena=[ph.name for ph in phenomena], runs=_counts(runs))
     facts |= dict(series={"included": series is not None, "note": series_note}, packages=packages or package_versions())
     manifest = _manifest(facts, members)
     _write_zip(out, members, manifest)
     return out
+
+
+def _member_bytes(tables: Mapping[str, Any], verdicts, pairs, phenomena, spec_text: str) -> dict[str, bytes]:
+    """Every member but the manifest, serialised: tables as Parquet (typed) or CSV (the report's own files)."""
+    members: dict[str, bytes] = {
+        RUNS: _parquet(tables["runs"]),
+        SPEC: spec_text.encode("utf-8"),
+        RUN_KEYS: _csv(tables["keys"][RUN_KEY_COLUMNS]),
+        VERDICTS: _csv(verdicts),
+        TRANSFORMATIONS: _csv(pairs),
+    }
+    if tables["series"] is not None:
+        members[SERIES] = _parquet(tables["series"][SERIES_COLUMNS])
+    for ph in phenomena:
+        members[f"{PHENOMENA_DIR}/{ph.name}.yaml"] = _phenomenon_yaml(ph)
+    return members
 
 
 def _record_path(out: Path) -> Path:
@@ -297,7 +304,7 @@ def is_record(path: Path) -> bool:
             head = handle.read(4)
     except OSError:
         return False
-    return head in ZIP_MAGIC or head.startswith(GZIP_MAGIC)
+    return head in ZIP_MAGIC
 
 
 def read_record(path: Path) -> Record:
@@ -400,42 +407,58 @@ def _json(path: Path, data: bytes) -> dict:
 
 
 def _check_manifest(path: Path, manifest: dict) -> dict:
-    """Format, schema version, the keys of this version, and every required member listed."""
+    """Format, schema version, the keys of this version and their types, every required member listed."""
     if manifest.get("format") != FORMAT:
         raise _bad(path, f'its manifest says format {manifest.get("format")!r}, not "{FORMAT}"')
-    version = manifest.get("schema_version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise _bad(path, f"its schema version {version!r} is unknown (this scalesweep reads version {SCHEMA_VERSION})")
-    if version > SCHEMA_VERSION:
-        made = (
-            manifest.get("packages", {}).get("scalesweep", "a newer scalesweep")
-            if isinstance(manifest.get("packages"), dict)
-            else "a newer scalesweep"
-        )
-        raise _bad(
-            path,
-            f"its schema version {version} is newer than this scalesweep reads ({SCHEMA_VERSION}); it was made by "
-            f"scalesweep {made}",
-            "upgrade scalesweep (`pip install -U scalesweep`) to read it",
-        )
+    _check_version(path, manifest)
     missing = [key for key in MANIFEST_KEYS if key not in manifest]
     if missing:
         raise _bad(path, f"its manifest lacks {', '.join(missing)}")
-    if not isinstance(manifest["members"], dict) or not isinstance(manifest["series"], dict):
-        raise _bad(path, "its manifest's members and series are not JSON objects")
-    required = [
-        RUNS,
-        SPEC,
-        RUN_KEYS,
-        VERDICTS,
-        TRANSFORMATIONS,
-        *(f"{PHENOMENA_DIR}/{n}.yaml" for n in manifest["phenomena"]),
-    ]
+    _check_types(path, manifest)
+    required = [RUNS, SPEC, RUN_KEYS, VERDICTS, TRANSFORMATIONS]
+    required += [f"{PHENOMENA_DIR}/{n}.yaml" for n in manifest["phenomena"]]
     required += [SERIES] if manifest["series"].get("included") else []
     absent = [name for name in required if name not in manifest["members"]]
     if absent:
         raise _bad(path, f"its manifest does not list the required member(s) {', '.join(absent)}")
     return manifest
+
+
+def _check_version(path: Path, manifest: dict) -> None:
+    """A version this reader does not know is refused; a newer one says to upgrade, naming its maker."""
+    version = manifest.get("schema_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise _bad(path, f"its schema version {version!r} is unknown (this scalesweep reads version {SCHEMA_VERSION})")
+    if version > SCHEMA_VERSION:
+        packages = manifest.get("packages") if isinstance(manifest.get("packages"), dict) else {}
+        raise _bad(
+            path,
+            f"its schema version {version} is newer than this scalesweep reads ({SCHEMA_VERSION}); it was made by "
+            f"scalesweep {packages.get('scalesweep', '(a newer version)')}",
+            "upgrade scalesweep (`pip install -U scalesweep`) to read it",
+        )
+
+
+MANIFEST_TYPES = {"members": dict, "series": dict, "runs": dict, "packages": dict, "axes": list, "grid": list}
+MANIFEST_TYPES |= {"phenomena": list, "name": str, "cite": str, "license": str, "created": str}
+
+
+def _check_types(path: Path, manifest: dict) -> None:
+    """Each key of the type the schema says; phenomenon names safe as file names (no `/`, no `..`)."""
+    wrong = [key for key, kind in MANIFEST_TYPES.items() if not isinstance(manifest[key], kind)]
+    wrong += [key for key in ("axes", "grid", "phenomena") if key not in wrong and not _strings(manifest[key])]
+    if wrong:
+        raise _bad(path, f"its manifest's {', '.join(wrong)} are not of the schema's types (see docs/records.md)")
+    unsafe = [n for n in manifest["phenomena"] if not SAFE_NAME.fullmatch(n)]
+    if unsafe:
+        raise _bad(path, f"its phenomenon name(s) {', '.join(map(repr, unsafe))} are not plain file names")
+
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def _strings(values: list) -> bool:
+    return all(isinstance(v, str) for v in values)
 
 
 def _read_table(name: str, data: bytes) -> pd.DataFrame:
@@ -572,11 +595,22 @@ def _write(record: Record, phenomena, verdicts: pd.DataFrame, out_dir: Path, axe
         runs_finished=int(counts.get("finished", len(record.runs))),
         runs_failed=int(counts.get("failed", 0)),
         notes=_notes(record, verdicts),
+        failed_runs=_failed(record.runs),
     )
     try:
         return write_report(out_dir, study, record.runs, list(phenomena), verdicts)
     except OSError as err:
         raise UserError(f"cannot write the report to {out_dir} ({err.strerror or err}); pass another --out.") from None
+
+
+def _failed(runs: pd.DataFrame) -> list[tuple[str, str]]:
+    """(run name, run id) of the failed runs, which the report lists (their ids are MLflow's, for provenance)."""
+    if "status" not in runs:
+        return []
+    failed = runs[runs["status"].astype(str).str.upper() == "FAILED"]
+    names = failed["run_name"] if "run_name" in failed else failed.get("run_key", pd.Series("", index=failed.index))
+    ids = failed["run_id"] if "run_id" in failed else pd.Series("", index=failed.index)
+    return list(zip(names.astype(str), ids.astype(str), strict=True))
 
 
 def _notes(record: Record, verdicts: pd.DataFrame) -> list[str]:

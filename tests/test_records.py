@@ -22,7 +22,7 @@ from scalesweep.analysis.phenomena import Phenomenon
 from scalesweep.analysis.report import stable_columns
 from scalesweep.analysis.transformations import TRANSFORMATION_COLUMNS, find_pairs
 from scalesweep.errors import UserError
-from tests.conftest import REPO, TINY_SPEC, cli, write_spec
+from tests.conftest import REPO, TINY_SPEC, cli, fresh_store, write_spec
 
 AXES = ["model_size", "data_size"]
 GROWS = Phenomenon(name="grows", strength="a", presence=0.5, min_effect=0.2)
@@ -46,7 +46,9 @@ def synthetic_runs(seed: int = 0, slope: float = 1.0, sizes=(30, 60, 120, 240)) 
 
 
 def synthetic_series(runs: pd.DataFrame) -> pd.DataFrame:
-    rows = [(k, m, step, step / 100) for k in runs["run_key"] for m in ("test_acc", "train_loss") for step in (0, 10, 20)]
+    rows = [
+        (k, m, step, step / 100) for k in runs["run_key"] for m in ("test_acc", "train_loss") for step in (0, 10, 20)
+    ]
     return pd.DataFrame(rows, columns=records.SERIES_COLUMNS)
 
 
@@ -119,6 +121,17 @@ def test_mixed_type_columns_are_stored_as_strings(tmp_path):
     assert rec.series is None and set(rec.runs["note"]) == {"1", "x"}
 
 
+def test_failed_runs_are_kept_and_listed(tmp_path):
+    failed = dict(run_key="kf", run_name="seed=0 w=8 n=30 (failed)", status="FAILED", run_id="abc")
+    runs = pd.concat([synthetic_runs(), pd.DataFrame([failed | dict(model_size=8, data_size=30, seed=9)])])
+    path = make_record(tmp_path, runs=runs.reset_index(drop=True))
+    rec = records.read_record(path)
+    assert rec.manifest["runs"] == {"finished": 48, "failed": 1} and len(rec.runs) == 49
+    assert rec.run_keys.set_index("run_key").loc["kf", "state"] == "failed"
+    page, _ = records.report_record(path, tmp_path / "rep")
+    assert "seed=0 w=8 n=30 (failed)" in page.read_text(encoding="utf-8")
+
+
 def test_a_record_must_be_named_zip(tmp_path):
     with pytest.raises(UserError, match=r"a phenomenon record is a \.zip archive"):
         make_record(tmp_path, name="r.tar.gz")
@@ -183,7 +196,9 @@ def test_compare_two_records(record, tmp_path):
     changed = records.build_record(
         tmp_path / "d.zip", synthetic_runs(), [GROWS.model_copy(update={"presence": 2.0}), FLAT], AXES, name="d"
     )
-    assert any("grows is defined differently" in n and "presence" in n for n in records.compare_records(record, changed)[1])
+    assert any(
+        "grows is defined differently" in n and "presence" in n for n in records.compare_records(record, changed)[1]
+    )
 
 
 # ---------------------------------------------------------------- bad records: a clear error, nothing changed
@@ -227,6 +242,20 @@ def _tamper(members, manifest):
     members[records.VERDICTS] = members[records.VERDICTS].replace(b"expansion", b"shrinkage")
 
 
+def _broken_phenomenon(members, manifest):
+    members["phenomena/grows.yaml"] = b"strength: 1 +\ndirection: sideways\n"
+
+
+def _no_verdict_column(members, manifest):
+    frame = pd.read_csv(io.BytesIO(members[records.VERDICTS])).drop(columns="verdict")
+    members[records.VERDICTS] = frame.to_csv(index=False).encode()
+    manifest["members"][records.VERDICTS]["columns"] = list(frame.columns)
+
+
+def _broken_parquet(members, manifest):
+    members[records.RUNS] = members[records.RUNS][:100]
+
+
 BAD = {
     "missing member": (_drop(records.VERDICTS), True, r'member "verdicts.csv" that its manifest lists is missing'),
     "missing manifest entry": (
@@ -238,8 +267,18 @@ BAD = {
     "schema version not a number": (_set("schema_version", "one"), True, "schema version 'one' is unknown"),
     "newer schema version": (_set("schema_version", 2), True, "schema version 2 is newer than this scalesweep reads"),
     "another format": (_set("format", "zip"), True, "format 'zip', not \"scalesweep-record\""),
-    "columns do not match the manifest": (_columns, True, r"columns of \"runs.parquet\" do not match its manifest.*alpha"),
+    "columns do not match the manifest": (
+        _columns,
+        True,
+        r"columns of \"runs.parquet\" do not match its manifest.*alpha",
+    ),
     "a changed member": (_tamper, False, r'"verdicts.csv" does not match its checksum'),
+    "a manifest key missing": (lambda m, mf: mf.pop("cite"), True, "its manifest lacks cite"),
+    "a manifest key of another type": (_set("phenomena", 5), True, "phenomena are not of the schema's types"),
+    "a phenomenon name that is a path": (_set("phenomena", ["../evil"]), True, "'../evil' are not plain file names"),
+    "a broken phenomenon file": (_broken_phenomenon, True, r'its phenomenon "phenomena/grows.yaml" is not valid'),
+    "a table without a required column": (_no_verdict_column, True, r'"verdicts.csv" lacks the column\(s\) verdict'),
+    "a broken table": (_broken_parquet, True, r'"runs.parquet" is not a readable table'),
 }
 
 
@@ -305,7 +344,11 @@ def test_the_cli_says_one_paragraph_and_exits_2(tmp_path):
     bad = tmp_path / "bad.zip"
     bad.write_text("not a zip", encoding="utf-8")
     for args in (["report", str(bad)], ["classify", str(bad)], ["compare", str(bad), str(bad)]):
-        done = cli(*args, "--out", str(tmp_path / "out"), cwd=tmp_path) if args[0] != "compare" else cli(*args, cwd=tmp_path)
+        done = (
+            cli(*args, "--out", str(tmp_path / "out"), cwd=tmp_path)
+            if args[0] != "compare"
+            else cli(*args, cwd=tmp_path)
+        )
         assert done.returncode == 2, done.stderr
         assert "is not a usable phenomenon record" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
@@ -338,6 +381,38 @@ def test_step_series_keep_metrics_logged_at_several_steps():
     series, note = records.step_series(_FakeClient(), runs)
     assert list(series.columns) == records.SERIES_COLUMNS and set(series["metric"]) == {"test_acc"}
     assert series["run_key"].tolist() == ["k1"] * 3 + ["k2"] * 3 and "one request per run" in note
+
+
+def test_export_without_a_store_says_so_and_creates_nothing(workdir, tiny_spec_text):
+    spec = write_spec(workdir, tiny_spec_text)
+    done = cli("export", str(spec), cwd=workdir)
+    assert done.returncode == 2 and "there is no MLflow store at" in " ".join(done.stderr.split())
+    assert sorted(p.name for p in workdir.iterdir()) == ["spec.yaml"]  # no mlflow.db, no records/
+    done = cli("export", str(spec), "--out", "r.tar.gz", cwd=workdir)
+    assert done.returncode == 2 and "a phenomenon record is a .zip archive" in done.stderr
+
+
+@pytest.mark.slow
+def test_step_series_are_one_sql_query_per_sweep(tmp_path, empty_store):
+    from mlflow.tracking import MlflowClient
+    from sqlalchemy import event
+
+    client = MlflowClient(fresh_store(tmp_path, empty_store))
+    experiment = client.create_experiment("records")
+    ids = []
+    for _ in range(5):
+        run_id = client.create_run(experiment).info.run_id
+        ids.append(run_id)
+        for step in (0, 10, 20):
+            client.log_metric(run_id, "test_acc", step / 20, step=step)
+        client.log_metric(run_id, "final_test_acc", float("nan"), step=20)
+    statements: list[str] = []
+    event.listen(client._tracking_client.store.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    runs = pd.DataFrame({"run_id": ids, "run_key": [f"k{i}" for i in range(5)]})
+    series, note = records.step_series(client, runs)
+    reads = [s for s in statements if s.lstrip().upper().startswith("SELECT") and "metrics" in s]
+    assert len(reads) == 1, reads
+    assert len(series) == 15 and set(series["metric"]) == {"test_acc"} and "one query" in note
 
 
 # ---------------------------------------------------------------- a real sweep (Ray, torch, MLflow)

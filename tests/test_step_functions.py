@@ -72,3 +72,77 @@ def test_bad_uses_are_one_paragraph_errors():
     with pytest.raises(UserError, match="no run_id"):
         ev("series_max(test_acc)", runs=RUNS.drop(columns="run_id"))
     assert "first_step" in str(pytest.raises(UserError, expressions.parse, "frist_step(x)").value)
+
+
+def test_validate_refuses_a_step_function_of_a_summary_and_accepts_one_of_a_step_series(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from scalesweep.spec import parse_spec
+
+    monkeypatch.chdir(tmp_path)
+    quickstart = (Path(__file__).parents[1] / "sweeps" / "quickstart.yaml").read_text()
+    phenomena = "phenomena:\n  - name: grokking\n    params: {gap: 150}\n  - generalization_gap\n"
+    assert phenomena in quickstart
+
+    def spec_with(strength: str):
+        Path("onset.yaml").write_text(f"description: onset\nstrength: {strength}\ndirection: higher\npresence: 1\n")
+        return parse_spec(quickstart.replace(phenomena, "phenomena: [onset.yaml]\n"), "q.yaml")
+
+    assert spec_with('"first_step(test_acc >= 0.9) - step_of_max(train_loss)"')
+    assert spec_with('"mean_over(weight_norm, 0, steps_to_fit_train)"')  # a window bound may be a summary
+    with pytest.raises(UserError, match="applies a step function to final_test_acc.*step series: .*test_acc"):
+        spec_with('"series_max(final_test_acc)"')
+    with pytest.raises(UserError, match="attention_entropy_mean \\(recorded by attention_entropy\\)"):
+        spec_with('"first_step(attention_entropy_mean < 1)"')
+
+
+def test_step_series_read_back_from_mlflow_in_one_query_per_metric(workdir, empty_store, monkeypatch):
+    from scalesweep import track
+    from scalesweep.analysis import series
+    from scalesweep.analysis.load import runs_from_mlflow
+    from scalesweep.plan import plan
+    from scalesweep.spec import parse_spec
+    from tests.conftest import TINY_SPEC, fresh_store
+
+    uri = fresh_store(workdir, empty_store)
+    spec = parse_spec(TINY_SPEC.format(name="series", steps=20))
+    tracker = track.Tracker(track.client_for(uri), spec.name, spec.experiment_name)
+    ids = []
+    for config, jump in zip(plan(spec)[:2], (10, 20), strict=True):
+        run_id = tracker.start_child(config)
+        rows = [{"step": s, "test_acc": float(s >= jump), "train_loss": 1.0 / (1 + s)} for s in (0, 10, 20)]
+        tracker.log_rows(run_id, rows[:2], 0)
+        tracker.finish(run_id, {"final_test_acc": 1.0, "train_loss": 0.05}, 20, 0, rows=rows[2:])
+        ids.append(run_id)
+    runs = runs_from_mlflow(spec.name, spec.experiment_name, uri)
+    client = track.client_for(uri, create=False)
+    calls = []
+    store = client._tracking_client.store
+    bulk = store.get_metric_history_bulk
+    monkeypatch.setattr(store, "get_metric_history_bulk", lambda *a, **k: calls.append(a[1]) or bulk(*a, **k))
+    table = series.read_step_series(client, list(runs["run_id"]), ["test_acc", "train_loss"])
+    assert calls == ["test_acc", "train_loss"]  # one query per metric, not per run
+    assert len(table) == 6 and set(table.columns) == {"run_id", "step", "test_acc", "train_loss"}
+    steps = expressions.evaluate("first_step(test_acc >= 1)", runs, series=table)
+    onset = dict(zip(runs["run_id"], steps, strict=True))
+    assert onset == {ids[0]: 10.0, ids[1]: 20.0}
+    # the summary logged under a step key at the last step is the last point of the series
+    last = table[(table.run_id == ids[0]) & (table.step == 20)]["train_loss"].item()
+    assert last == 0.05
+
+
+def test_a_phenomenon_defined_on_the_step_series(tmp_path, monkeypatch):
+    from scalesweep.analysis import phenomena, series
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "onset.yaml").write_text(
+        "description: when test accuracy first reaches a level\nstrength: first_step(test_acc >= level)\n"
+        "direction: lower\npresence: 0\nparams: {level: 0.9}\nregimes:\n  late: first_step(test_acc >= level) > 100\n"
+    )
+    ph = phenomena.load_phenomenon("onset.yaml")
+    assert series.series_needed(ph.expressions_used(), ph.params) == ["test_acc"]
+    runs = RUNS.assign(test_acc=[1.0, 0.5, 0.2])  # the latest value of each series, as MLflow gives it
+    runs.attrs["step_series"] = SERIES
+    out = phenomena.evaluate(runs, ph)
+    assert out["strength"].iloc[0] == 200 and math.isnan(out["strength"].iloc[1])
+    assert out["regime"].tolist()[0] == "late"

@@ -172,10 +172,20 @@ class _Checker(ast.NodeVisitor):
 
 
 def names(expr: str) -> set[str]:
-    """Names an expression refers to (columns or parameters), not functions."""
+    """Names an expression refers to (columns or parameters), not functions; `step` inside a step
+    function (the series' own step column) is not one."""
     tree = parse(expr)
     called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
-    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in called and n.id not in CONSTANTS}
+    found = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in called and n.id not in CONSTANTS}
+    outside = _names_outside_step_calls(tree)
+    return found - ({"step"} - outside)
+
+
+def _names_outside_step_calls(node: ast.AST) -> set[str]:
+    if step_series.is_step_call(node):
+        return set().union(*(_names_outside_step_calls(a) for a in node.args[1:]))
+    own = {node.id} if isinstance(node, ast.Name) else set()
+    return own.union(*(_names_outside_step_calls(c) for c in ast.iter_child_nodes(node)))
 
 
 def _column(df: pd.DataFrame, name: str) -> np.ndarray:

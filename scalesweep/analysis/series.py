@@ -182,3 +182,43 @@ def call(
         steps = frame["step"].to_numpy(dtype=float)
         out[i] = reduce(steps, values if values.dtype == bool else values.astype(float), *(e[i] for e in extra))
     return out
+
+
+def read_step_series(client, run_ids: list[str], keys: list[str]) -> pd.DataFrame:
+    """The step series `keys` of `run_ids` from MLflow as a long table (run_id, step, one column per
+    key): one query per metric (and 500 runs) for the whole sweep on a SQL store (sqlite, postgres:
+    `get_metric_history_bulk`), one per metric and 100 runs on a server
+    (`get-history-bulk-interval`, which samples at most 1000 steps per run), and only on other
+    stores one query per run and metric. A summary logged under the same key at the last step
+    (e.g. `weight_norm`) is one more point of its series, with the same value."""
+    store = client._tracking_client.store
+    frames = []
+    for key in keys:
+        rows: list[tuple[str, int, float]] = []
+        if hasattr(store, "get_metric_history_bulk"):  # a SQL store; chunks keep under SQLite's IN limit
+            for start in range(0, len(run_ids), 500):
+                found = store.get_metric_history_bulk(run_ids[start : start + 500], key, max_results=2**31 - 1)
+                rows += [(m.run_id, m.step, m.value) for m in found]
+        elif hasattr(store, "get_metric_history_bulk_interval"):
+            for start in range(0, len(run_ids), 100):
+                found = store.get_metric_history_bulk_interval(run_ids[start : start + 100], key, 1000, None, None)
+                rows += [(m.run_id, m.step, m.value) for m in found]
+        else:
+            for run_id in run_ids:
+                rows += [(run_id, m.step, m.value) for m in client.get_metric_history(run_id, key)]
+        frame = pd.DataFrame(rows, columns=["run_id", "step", key]).drop_duplicates(["run_id", "step"], keep="last")
+        frames.append(frame.set_index(["run_id", "step"]))
+    if not frames:
+        return pd.DataFrame(columns=["run_id", "step"])
+    return pd.concat(frames, axis=1).reset_index()
+
+
+def series_needed(exprs, params=()) -> list[str]:
+    """The step series a list of expressions reads (to fetch with `read_step_series`), `step` and
+    parameters left out."""
+    from scalesweep.analysis.expressions import parse
+
+    found: set[str] = set()
+    for expr in exprs:
+        found |= series_names(parse(expr))
+    return sorted(found - {"step"} - set(params))
