@@ -137,6 +137,16 @@ def does_not_apply(name: str, task: str, family: str) -> str | None:
     return None
 
 
+def levels_of(columns) -> list[str]:
+    """The levels (in LEVELS order) of the built-in observables that record any of `columns`: where in
+    the network a phenomenon over those columns looks (e.g. a report grouping phenomena by level).
+    A per-layer column `x.<name>` counts as the observable's `x.<layer>` / `x.<param>` pattern."""
+    wanted = {str(c) for c in columns}
+    wanted |= {c.split(".", 1)[0] for c in wanted if "." in c}
+    found = {ob.level for ob in OBSERVABLES.values() if wanted & {c.split(".<", 1)[0] for c in ob.columns}}
+    return [level for level in LEVELS if level in found]
+
+
 def resolve(names: list[str]) -> list[Observable]:
     """Look up observables by name; `module:function` loads a user summary function."""
     return [_load_user(name) if ":" in name else _lookup(name) for name in names]

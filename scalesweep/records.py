@@ -725,14 +725,14 @@ def _definition_notes(a: Record, b: Record) -> list[str]:
     return notes
 
 
+AGREEMENT_WORDS = {"agree": "agree", "disagree": "disagree", "undecided": "undecided", "only_a": "only in A"}
+AGREEMENT_WORDS["only_b"] = "only in B"
+
+
 def comparison_summary(frame: pd.DataFrame) -> str:
+    """One line: "12 agree, 2 disagree, 3 undecided, 1 only in A" (rows are (phenomenon, axis, slice))."""
     counts = frame["agreement"].value_counts()
-    order = ["agree", "disagree", "undecided", "only_a", "only_b"]
-    return ", ".join(
-        f"{int(counts[k])} {k.replace('_', ' in ').replace('in a', 'in A').replace('in b', 'in B')}"
-        for k in order
-        if k in counts
-    )
+    return ", ".join(f"{int(counts[k])} {word}" for k, word in AGREEMENT_WORDS.items() if k in counts)
 
 
 def write_comparison(frame: pd.DataFrame, notes: Sequence[str], out: Path, titles: tuple[str, str]) -> Path:

@@ -206,6 +206,9 @@ def test_every_registered_observable_has_a_valid_level_and_says_where_it_applies
     assert obs.does_not_apply("attention_entropy", "in_context", "transformer") is None
     assert "modular_arithmetic" in obs.does_not_apply("fourier_sparsity", "sparse_parity", "mlp")
     assert obs.does_not_apply("neural_collapse", "teacher_student", "mlp")
+    assert obs.levels_of(["final_train_acc", "final_test_acc"]) == ["output"]
+    assert obs.levels_of(["induction_score", "weight_norm", "model_size"]) == ["weight", "attention"]
+    assert obs.levels_of(["anisotropy.hidden0", "activation_rms_final.block1"]) == ["representation"]
 
 
 # ---------------------------------------------------------------- new observables, known answers

@@ -53,9 +53,15 @@ def test_mean_over_a_window_with_bounds_from_the_runs_table():
 
 
 def test_step_series_can_travel_with_the_runs_table():
-    runs = RUNS.copy()
-    runs.attrs["step_series"] = SERIES
+    from scalesweep.analysis import series
+
+    runs = series.attach(RUNS.copy(), SERIES)
     assert expressions.evaluate("first_step(test_acc >= 0.9)", runs)[0] == 200
+    # they survive the table operations the analysis does (pandas keeps attrs where every input has the
+    # same), are never copied, and never break a merge
+    moved = runs[runs["final_test_acc"] > 0.1].merge(runs[["run_id"]], on="run_id").assign(x=1).copy()
+    assert moved.attrs["step_series"] is runs.attrs["step_series"]
+    assert expressions.evaluate("first_step(test_acc >= 0.9)", moved)[0] == 200
 
 
 def test_bad_uses_are_one_paragraph_errors():
@@ -141,8 +147,7 @@ def test_a_phenomenon_defined_on_the_step_series(tmp_path, monkeypatch):
     )
     ph = phenomena.load_phenomenon("onset.yaml")
     assert series.series_needed(ph.expressions_used(), ph.params) == ["test_acc"]
-    runs = RUNS.assign(test_acc=[1.0, 0.5, 0.2])  # the latest value of each series, as MLflow gives it
-    runs.attrs["step_series"] = SERIES
+    runs = series.attach(RUNS.assign(test_acc=[1.0, 0.5, 0.2]), SERIES)  # test_acc: the latest, as MLflow gives it
     out = phenomena.evaluate(runs, ph)
     assert out["strength"].iloc[0] == 200 and math.isnan(out["strength"].iloc[1])
     assert out["regime"].tolist()[0] == "late"

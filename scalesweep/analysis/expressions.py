@@ -8,7 +8,9 @@ row of the table.
 
 Allowed: column names and given parameters (parameters shadow columns of the
 same name), numeric literals, `+ - * / ** %`, unary `-`/`+`, comparisons
-(chained too), `and`/`or`/`not`, and the functions in `FUNCTIONS`. The names
+(chained too), `and`/`or`/`not`, the functions in `FUNCTIONS`, and those over a
+run's logged step series in `series.STEP_FUNCTIONS` (first_step, value_at,
+series_max, step_of_max, mean_over, ...; see `series.py`). The names
 `nan`, `inf` and `pi` are constants. Everything else (attributes, subscripts,
 strings, lambdas, other calls such as `__import__('os')`) is a `UserError`.
 
@@ -265,21 +267,19 @@ class _Evaluator:
         return FUNCTIONS[node.func.id](*args)
 
 
-def evaluate(
-    expr: str, df: pd.DataFrame, params: Mapping[str, float] | None = None, series: pd.DataFrame | None = None
-) -> np.ndarray:
+def evaluate(expr: str, df: pd.DataFrame, params: Mapping[str, float] | None = None, series=None) -> np.ndarray:
     """Evaluate `expr` row-wise over `df`; returns an array of len(df).
 
     Numeric results are float arrays, conditions are bool arrays. Raises
     `UserError` for anything outside the language or for unknown names.
-    `series` (or `df.attrs["step_series"]`): the runs' step series, a long
-    table of run_id, step and metrics, which the step functions read (see
-    `series.py`).
+    `series` (or `df.attrs["step_series"]`, see `series.attach`): the runs'
+    step series, a long table of run_id, step and metrics (or a
+    `series.StepSeries`), which the step functions read (see `series.py`).
     """
     tree = parse(expr)
     if series is None:
         series = df.attrs.get(step_series.SERIES_ATTR)
-    index = step_series.SeriesIndex(series) if series is not None and _uses_steps(tree) else None
+    index = step_series.index_of(series) if series is not None and _uses_steps(tree) else None
     try:
         with np.errstate(all="ignore"):
             value = _Evaluator(expr, df, params or {}, index).run(tree)

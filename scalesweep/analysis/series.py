@@ -24,7 +24,7 @@ runs table (a number, a parameter, or a summary column such as
 
 The series are a long table (`run_id`, `step`, one column per logged metric),
 given to `expressions.evaluate(..., series=...)` or attached to the runs table
-as `runs.attrs["step_series"]`; rows of the runs table are matched to their
+with `attach(runs, table)` (as `runs.attrs["step_series"]`); rows of the runs table are matched to their
 series by `run_id`. Everything stays inside the safe evaluator: no Python is
 run, only the whitelisted AST of `expressions.py`.
 """
@@ -136,6 +136,38 @@ class SeriesIndex:
         self.columns = sorted(str(c) for c in series.columns if c != "run_id")
         ordered = series.sort_values(["run_id", "step"], kind="stable")
         self.by_run = {key: frame.reset_index(drop=True) for key, frame in ordered.groupby("run_id", sort=False)}
+
+
+class StepSeries:
+    """A sweep's step series as they travel with its runs table, in `runs.attrs["step_series"]`:
+    compared by identity and never copied (pandas deep-copies and compares `attrs` in most
+    operations, and a DataFrame there would make `merge` fail), grouped by run once."""
+
+    def __init__(self, table: pd.DataFrame):
+        self.table = table
+        self._index: SeriesIndex | None = None
+
+    @property
+    def index(self) -> SeriesIndex:
+        if self._index is None:
+            self._index = SeriesIndex(self.table)
+        return self._index
+
+    def __copy__(self) -> StepSeries:
+        return self
+
+    def __deepcopy__(self, memo) -> StepSeries:
+        return self
+
+
+def index_of(series: pd.DataFrame | StepSeries) -> SeriesIndex:
+    return series.index if isinstance(series, StepSeries) else SeriesIndex(series)
+
+
+def attach(runs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """`runs` with `table` (run_id, step, metrics) as its step series; returns `runs`."""
+    runs.attrs[SERIES_ATTR] = StepSeries(table)
+    return runs
 
 
 def call(
