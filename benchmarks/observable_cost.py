@@ -9,10 +9,12 @@ observable's parts are then timed on the same model and data, as the trainer
 calls them: its step part once per evaluation (x 81), its summary part and its
 at-init part once. Median of `--reps` calls per part.
 
-    python benchmarks/observable_cost.py [--family mlp|transformer] [--width 128] [--steps 2000] [--reps 5]
+    python benchmarks/observable_cost.py [--family mlp|transformer] [--width 128] [--steps 2000] [--reps 5] [--values]
 
 `--family transformer` times the same task with a 2-layer, 4-head transformer
-(d_model = width), where the attention observables apply.
+(d_model = width), where the attention observables apply. `--values` prints
+instead what the new observables measure on a memorising (200 pairs) and a
+grokking (800 pairs) run of that MLP (the table in docs/observables.md).
 """
 
 from __future__ import annotations
@@ -58,14 +60,37 @@ def median_seconds(fn, reps: int) -> float:
     return statistics.median(times)
 
 
+VALUES = ["loss", "accuracy", "fit_steps", "anisotropy", "rankme", "effective_rank", "weight_spectrum"]
+VALUES += ["weight_displacement", "fourier_sparsity", "neural_collapse", "memorization"]
+
+
+def show_values(width: int, steps: int) -> None:
+    """The new observables on a memorising and a grokking run (seed 0)."""
+    columns = ["anisotropy", "rankme", "effective_rank", "weight_alpha", "stable_rank", "weight_displacement"]
+    columns += ["nc1", "memorization_bits", "memorization_bits_per_param", "fourier_key_frequencies"]
+    for data_size in (200, 800):
+        run = config("mlp", width, steps, VALUES).model_copy(update={"data_size": data_size})
+        history, summary = train_to_result(run)
+        print(
+            f"{data_size} pairs: final test acc {summary['final_test_acc']:.2f}, fitted at "
+            f"{summary['steps_to_fit_test']}; fourier_sparsity every 10th eval: "
+            f"{' '.join(f'{v:.2f}' for v in history['fourier_sparsity'].iloc[::10])}"
+        )
+        print("   ", ", ".join(f"{c} {summary[c]:.3g}" for c in columns))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--family", choices=sorted(MODEL_PARAMS), default="mlp")
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--values", action="store_true", help="print what the new observables measure instead")
     args = parser.parse_args()
     torch.set_num_threads(1)  # one Ray task per CPU, as a sweep runs them
+    if args.values:
+        show_values(args.width, args.steps)
+        return
 
     base = config(args.family, args.width, args.steps, ["loss", "accuracy"])
     train_seconds = []
@@ -80,11 +105,11 @@ def main() -> None:
     with torch.no_grad():
         model.eval()
         train_out, test_out = model(data.x_train), model(data.x_test)
-    eval_ctx = obs.EvalContext(args.steps, model, data, train_out, test_out, loss_fn, 1.0)
     init_stats: dict = {}
     for observable in obs.OBSERVABLES.values():
         if observable.at_init is not None:
             init_stats.update(observable.at_init(model, data))
+    eval_ctx = obs.EvalContext(args.steps, model, data, train_out, test_out, loss_fn, 1.0, init_stats)
     run_ctx = obs.RunContext(model, data, args.steps, 0.9, init_stats)
 
     rows = []

@@ -86,7 +86,6 @@ MAX_MEMBER_BYTES = 4 * 2**30  # a member larger than this (uncompressed) is refu
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")  # not .gz: `classify t.csv.gz` is a table
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 GZIP_MAGIC = b"\x1f\x8b"
-SQL_CHUNK = 5000  # run ids per SQL query: a sweep of up to this many runs is read in one query
 
 
 @dataclass
@@ -842,40 +841,22 @@ def _planned_keys(configs, finished: pd.DataFrame, failed: pd.DataFrame) -> pd.D
 def step_series(client, runs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """Every metric logged at more than one step (the step series; summaries are logged once and
     are already in the runs table), long format. A SQL store is read in one query per
-    `SQL_CHUNK` runs; a tracking server, which has no bulk read, one request per run and metric."""
+    `track.SERIES_CHUNK` runs; a tracking server, which has no bulk read, one request per run and metric."""
+    from scalesweep import track
+
     ids = dict(zip(runs["run_id"].astype(str), runs["run_key"].astype(str), strict=True))
-    store = getattr(getattr(client, "_tracking_client", None), "store", None)
-    if hasattr(store, "ManagedSessionMaker"):
-        rows, how = _sql_metrics(store, list(ids)), "read from the SQL store in one query"
-    else:
-        rows, how = _rest_metrics(client, list(ids)), "read from the tracking server, one request per run and metric"
-    frame = pd.DataFrame(rows, columns=["run_id", "metric", "step", "value"])
+    bulk = track.reads_in_bulk(client)
+    how = (
+        "read from the SQL store in one query"
+        if bulk
+        else "read from the tracking server, one request per run and metric"
+    )
+    frame = pd.DataFrame(track.read_metric_histories(client, list(ids)), columns=["run_id", "metric", "step", "value"])
     frame["run_key"] = frame["run_id"].map(ids)
     per_run = frame.groupby(["run_id", "metric"]).size()
     series_keys = per_run[per_run > 1].index.get_level_values("metric").unique()
     frame = frame[frame["metric"].isin(series_keys)].sort_values(["run_key", "metric", "step"], kind="stable")
     return frame[SERIES_COLUMNS].reset_index(drop=True), f"every metric logged at more than one step, {how}"
-
-
-def _sql_metrics(store, run_ids: list[str]) -> list[tuple]:
-    """One SELECT over MLflow's metrics table for all the runs (per `SQL_CHUNK` of them)."""
-    from mlflow.store.tracking.dbmodels.models import SqlMetric
-
-    rows: list[tuple] = []
-    columns = (SqlMetric.run_uuid, SqlMetric.key, SqlMetric.step, SqlMetric.value, SqlMetric.is_nan)
-    with store.ManagedSessionMaker() as session:
-        for start in range(0, len(run_ids), SQL_CHUNK):
-            found = session.query(*columns).filter(SqlMetric.run_uuid.in_(run_ids[start : start + SQL_CHUNK])).all()
-            rows += [(r, k, int(s), math.nan if nan else float(v)) for r, k, s, v, nan in found]
-    return rows
-
-
-def _rest_metrics(client, run_ids: list[str]) -> list[tuple]:
-    rows: list[tuple] = []
-    for run_id in run_ids:
-        for key in client.get_run(run_id).data.metrics:
-            rows += [(run_id, key, int(m.step), float(m.value)) for m in client.get_metric_history(run_id, key)]
-    return rows
 
 
 # ---------------------------------------------------------------- helpers of the CLI

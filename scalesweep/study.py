@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from scalesweep import track
+from scalesweep.analysis import series
 from scalesweep.analysis.classify import classify_runs
 from scalesweep.analysis.load import runs_from_mlflow
 from scalesweep.analysis.phenomena import Phenomenon, load_phenomenon
@@ -69,6 +70,17 @@ def load_phenomena(spec: SweepSpec) -> list[Phenomenon]:
     ]
 
 
+def with_step_series(runs: pd.DataFrame, phenomena: list[Phenomenon], client) -> pd.DataFrame:
+    """The runs with the step series their phenomena read (`first_step(...)`, `series_max(...)`),
+    fetched for the whole sweep at once; the runs unchanged when no phenomenon reads one."""
+    exprs = [expr for ph in phenomena for expr in ph.expressions_used()]
+    params = {name for ph in phenomena for name in ph.params}
+    needed = series.series_needed(exprs, params)
+    if not needed:
+        return runs
+    return series.attach(runs, series.read_step_series(client, list(runs["run_id"].astype(str)), needed))
+
+
 def report_sweep(
     spec: SweepSpec, tracking_uri: str | None = None, out_dir: Path | None = None
 ) -> tuple[Path, pd.DataFrame]:
@@ -76,9 +88,11 @@ def report_sweep(
     uri = tracking_uri or spec.tracking.uri
     runs, failed = sweep_runs(spec, uri)
     phenomena = load_phenomena(spec)
+    client = track.client_for(uri, create=False)
+    runs = with_step_series(runs, phenomena, client)
     axes, grid = study_axes(spec)
     verdicts = classify_runs(runs, phenomena, axes=axes, grid=grid, seed="seed")
-    tracker = track.Tracker(track.client_for(uri, create=False), spec.name, spec.experiment_name)
+    tracker = track.Tracker(client, spec.name, spec.experiment_name)
     study = Study(
         title=f"scalesweep report: {spec.name}",
         axes=axes,
@@ -132,9 +146,7 @@ def _state(children: list[track.ChildRun]) -> tuple[str, str]:
     return "missing", ""
 
 
-def isoflop_study(
-    spec: SweepSpec, tracking_uri: str | None = None, loss: str = "final_test_loss", n_boot: int = 400
-):
+def isoflop_study(spec: SweepSpec, tracking_uri: str | None = None, loss: str = "final_test_loss", n_boot: int = 400):
     """A sweep's IsoFLOP optima per budget and, with two or more budgets, the fitted exponents.
 
     Read through `sweep_runs`, like the report: only the plan's current keys, each with its

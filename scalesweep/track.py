@@ -345,6 +345,43 @@ def _row_metrics(rows: list[dict[str, float]], timestamp_ms: int) -> list[Metric
     ]
 
 
+SERIES_CHUNK = 5000  # run ids per SQL query: a sweep of up to this many runs is read in one query
+
+
+def read_metric_histories(client: MlflowClient, run_ids: list[str], keys: list[str] | None = None) -> list[tuple]:
+    """Every logged point (run_id, metric, step, value) of `run_ids`, for `keys` or all metrics.
+
+    A SQL store (sqlite, postgres) is read with one SELECT over MLflow's metrics table per
+    `SERIES_CHUNK` runs, not one request per run and metric; a tracking server has no bulk
+    read in MLflow's client API, so there it is one request per run and metric."""
+    if reads_in_bulk(client):
+        return _sql_histories(client._tracking_client.store, run_ids, keys)
+    rows: list[tuple] = []
+    for run_id in run_ids:
+        for key in keys if keys is not None else list(client.get_run(run_id).data.metrics):
+            rows += [(run_id, key, int(m.step), float(m.value)) for m in client.get_metric_history(run_id, key)]
+    return rows
+
+
+def reads_in_bulk(client: MlflowClient) -> bool:
+    """Whether the client's store is a SQL store, which `read_metric_histories` reads in one query."""
+    return hasattr(getattr(getattr(client, "_tracking_client", None), "store", None), "ManagedSessionMaker")
+
+
+def _sql_histories(store: Any, run_ids: list[str], keys: list[str] | None) -> list[tuple]:
+    from mlflow.store.tracking.dbmodels.models import SqlMetric
+
+    rows: list[tuple] = []
+    columns = (SqlMetric.run_uuid, SqlMetric.key, SqlMetric.step, SqlMetric.value, SqlMetric.is_nan)
+    with store.ManagedSessionMaker() as session:
+        for start in range(0, len(run_ids), SERIES_CHUNK):
+            query = session.query(*columns).filter(SqlMetric.run_uuid.in_(run_ids[start : start + SERIES_CHUNK]))
+            if keys is not None:
+                query = query.filter(SqlMetric.key.in_(keys))
+            rows += [(r, k, int(step), float("nan") if nan else float(v)) for r, k, step, v, nan in query.all()]
+    return rows
+
+
 def ensure_experiment(client: MlflowClient, name: str) -> str:
     """The sweep's experiment (created, or restored if deleted), tagged as a training experiment."""
     experiment = client.get_experiment_by_name(name)

@@ -141,7 +141,9 @@ class Recorder:
         self, step: int, grad_norm: float, outputs: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> list[Event]:
         """Measure the step observables; returns the metrics event due now, if any."""
-        row = _evaluate(self.model, self.data, self.loss_fn, self.observables, step, grad_norm, outputs)
+        row = _evaluate(
+            self.model, self.data, self.loss_fn, self.observables, step, grad_norm, outputs, self.init_stats
+        )
         self.history.append(row)
         self.buffer.append(row)
         self.diverged = not all(math.isfinite(row.get(c, 0.0)) for c in ("train_loss", "test_loss"))
@@ -222,12 +224,20 @@ def _train_step(model, data: Dataset, loss_fn, optimizer, batch_size: int, gener
 
 @torch.no_grad()
 def _evaluate(
-    model, data: Dataset, loss_fn, observables: list[obs.Observable], step: int, grad_norm: float, outputs=None
+    model,
+    data: Dataset,
+    loss_fn,
+    observables: list[obs.Observable],
+    step: int,
+    grad_norm: float,
+    outputs=None,
+    init_stats: dict | None = None,
 ) -> dict[str, float]:
-    """One evaluation row; `outputs` (train, test) when the caller already computed them."""
+    """One evaluation row; `outputs` (train, test) when the caller already computed them;
+    `init_stats` what the at-init parts measured (e.g. the initial weights)."""
     model.eval()
     train_out, test_out = outputs if outputs is not None else (model(data.x_train), model(data.x_test))
-    ctx = obs.EvalContext(step, model, data, train_out, test_out, loss_fn, grad_norm)
+    ctx = obs.EvalContext(step, model, data, train_out, test_out, loss_fn, grad_norm, init_stats or {})
     row: dict[str, float] = {"step": float(step)}
     for observable in observables:
         if observable.step is not None:

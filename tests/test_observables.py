@@ -326,8 +326,10 @@ def test_weight_displacement_is_zero_at_init_and_the_same_in_a_seed_ensemble():
     model, data = build(config, torch.device("cpu"))
     ctx = obs.RunContext(model, data, 1, 0.9, obs._init_weights(model, data))
     assert obs._weight_displacement(pd.DataFrame(), ctx)["weight_displacement"] == 0.0
-    _, trained = train_to_result(config)
+    history, trained = train_to_result(config)
     assert 0 < trained["weight_displacement"] < 10 and "weight_displacement.hidden.0.weight" in trained
+    assert history["weight_displacement"].iloc[0] == 0.0  # the step series starts at init...
+    assert history["weight_displacement"].iloc[-1] == pytest.approx(trained["weight_displacement"])  # ...ends here
     assert not any(k.startswith(obs.INIT_WEIGHTS) for k in trained)  # the initial weights are not logged
     seeds = [config.model_copy(update={"seed": s}) for s in (0, 1)]
     alone = [e["summary"] for c in seeds for e in train_one(c) if e["kind"] == "summary"]

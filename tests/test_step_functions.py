@@ -102,7 +102,7 @@ def test_validate_refuses_a_step_function_of_a_summary_and_accepts_one_of_a_step
         spec_with('"first_step(attention_entropy_mean < 1)"')
 
 
-def test_step_series_read_back_from_mlflow_in_one_query_per_metric(workdir, empty_store, monkeypatch):
+def test_step_series_read_back_from_mlflow_in_one_query(workdir, empty_store, monkeypatch):
     from scalesweep import track
     from scalesweep.analysis import series
     from scalesweep.analysis.load import runs_from_mlflow
@@ -123,11 +123,10 @@ def test_step_series_read_back_from_mlflow_in_one_query_per_metric(workdir, empt
     runs = runs_from_mlflow(spec.name, spec.experiment_name, uri)
     client = track.client_for(uri, create=False)
     calls = []
-    store = client._tracking_client.store
-    bulk = store.get_metric_history_bulk
-    monkeypatch.setattr(store, "get_metric_history_bulk", lambda *a, **k: calls.append(a[1]) or bulk(*a, **k))
+    sql = track._sql_histories
+    monkeypatch.setattr(track, "_sql_histories", lambda *a: calls.append(a[2]) or sql(*a))
     table = series.read_step_series(client, list(runs["run_id"]), ["test_acc", "train_loss"])
-    assert calls == ["test_acc", "train_loss"]  # one query per metric, not per run
+    assert calls == [["test_acc", "train_loss"]]  # one query for the sweep, not one per run or metric
     assert len(table) == 6 and set(table.columns) == {"run_id", "step", "test_acc", "train_loss"}
     steps = expressions.evaluate("first_step(test_acc >= 1)", runs, series=table)
     onset = dict(zip(runs["run_id"], steps, strict=True))
@@ -151,3 +150,30 @@ def test_a_phenomenon_defined_on_the_step_series(tmp_path, monkeypatch):
     out = phenomena.evaluate(runs, ph)
     assert out["strength"].iloc[0] == 200 and math.isnan(out["strength"].iloc[1])
     assert out["regime"].tolist()[0] == "late"
+
+
+def test_the_long_series_of_a_phenomenon_record_matched_by_run_key():
+    long = SERIES.melt(id_vars=["run_id", "step"], var_name="metric", value_name="value")
+    long = long.assign(run_key=long["run_id"].map({"a": "k1", "b": "k2"})).drop(columns="run_id")
+    runs = RUNS.drop(columns="run_id").assign(run_key=["k1", "k2", "k3"])
+    out = expressions.evaluate("first_step(test_acc >= 0.9) + 0 * series_max(train_loss)", runs, series=long)
+    assert out[0] == 200 and math.isnan(out[1]) and math.isnan(out[2])
+    with pytest.raises(UserError, match="no run_key to find the series by"):
+        expressions.evaluate("series_max(train_loss)", RUNS, series=long)
+
+
+def test_the_report_fetches_only_the_series_its_phenomena_read(monkeypatch):
+    from scalesweep import study
+    from scalesweep.analysis import series
+    from scalesweep.analysis.phenomena import Phenomenon
+
+    runs = pd.DataFrame({"run_id": ["a", "b"], "final_test_acc": [1.0, 1.0]})
+    asked = []
+    table = pd.DataFrame({"run_id": ["a", "a", "b", "b"], "step": [0, 10, 0, 10], "test_acc": [0.0, 1.0, 0.0, 0.0]})
+    monkeypatch.setattr(series, "read_step_series", lambda client, ids, keys: asked.append((ids, keys)) or table)
+    plain = Phenomenon(name="plain", strength="final_test_acc")
+    assert study.with_step_series(runs, [plain], client=None) is runs and asked == []
+    onset = Phenomenon(name="onset", strength="first_step(test_acc >= 1)")
+    out = study.with_step_series(runs, [plain, onset], client=None)
+    assert asked == [(["a", "b"], ["test_acc"])]
+    assert expressions.evaluate(onset.strength, out).tolist()[0] == 10.0

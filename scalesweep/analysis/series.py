@@ -22,11 +22,13 @@ runs table (a number, a parameter, or a summary column such as
 `steps_to_fit_train`). Inside the first argument only the run's step series,
 `step` and the phenomenon's parameters are names; step functions do not nest.
 
-The series are a long table (`run_id`, `step`, one column per logged metric),
+The series are a table (`run_id` or `run_key`, `step`, one column per logged
+metric; or the long `run_key, metric, step, value` of a phenomenon record),
 given to `expressions.evaluate(..., series=...)` or attached to the runs table
-with `attach(runs, table)` (as `runs.attrs["step_series"]`); rows of the runs table are matched to their
-series by `run_id`. Everything stays inside the safe evaluator: no Python is
-run, only the whitelisted AST of `expressions.py`.
+with `attach(runs, table)` (as `runs.attrs["step_series"]`); rows of the
+runs table are matched to their series by `run_id` (else `run_key`).
+Everything stays inside the safe evaluator: no Python is run, only the
+whitelisted AST of `expressions.py`.
 """
 
 from __future__ import annotations
@@ -124,18 +126,26 @@ REDUCERS: dict[str, Callable[..., float]] = {
 
 
 class SeriesIndex:
-    """The step series of a runs table, grouped once by run: run_id -> frame sorted by step."""
+    """The step series of a runs table, grouped once by run: run id -> frame sorted by step.
+
+    Takes the wide table (run_id or run_key, step, one column per metric) or the long one of a
+    phenomenon record (`records.py`: run_key, metric, step, value), pivoted to wide. Runs are
+    found by `key`: run_id when the table has it, else run_key."""
 
     def __init__(self, series: pd.DataFrame):
-        for column in ("run_id", "step"):
-            if column not in series.columns:
-                raise UserError(
-                    f'the step series table has no "{column}" column; it needs run_id, step and one column '
-                    "per logged metric."
-                )
-        self.columns = sorted(str(c) for c in series.columns if c != "run_id")
-        ordered = series.sort_values(["run_id", "step"], kind="stable")
-        self.by_run = {key: frame.reset_index(drop=True) for key, frame in ordered.groupby("run_id", sort=False)}
+        if {"metric", "value"} <= set(series.columns):
+            ids = [c for c in ("run_id", "run_key") if c in series.columns][:1]
+            series = series.pivot_table(index=[*ids, "step"], columns="metric", values="value", aggfunc="last")
+            series = series.reset_index().rename_axis(columns=None)
+        self.key = next((c for c in ("run_id", "run_key") if c in series.columns), None)
+        if self.key is None or "step" not in series.columns:
+            raise UserError(
+                "the step series table needs a run_id (or run_key) and a step column, and one column per "
+                f"logged metric (or metric and value columns); it has: {', '.join(map(str, series.columns))}."
+            )
+        self.columns = sorted(str(c) for c in series.columns if c not in ("run_id", "run_key"))
+        ordered = series.sort_values([self.key, "step"], kind="stable")
+        self.by_run = {key: frame.reset_index(drop=True) for key, frame in ordered.groupby(self.key, sort=False)}
 
 
 class StepSeries:
@@ -189,8 +199,10 @@ def call(
             "given with the runs (they are read from MLflow with the runs; a CSV table has none unless a "
             "series table comes with it)."
         )
-    if "run_id" not in runs.columns:
-        raise UserError(f'expression "{expr}" uses {name}(), but the runs table has no run_id to find the series by.')
+    if index.key not in runs.columns:
+        raise UserError(
+            f'expression "{expr}" uses {name}(), but the runs table has no {index.key} to find the series by.'
+        )
     argument = node.args[0]
     if any(is_step_call(n) for n in ast.walk(argument)):
         raise UserError(f'expression "{expr}": step functions do not nest (inside {name}()).')
@@ -206,7 +218,7 @@ def call(
     extra = [np.broadcast_to(np.asarray(evaluate_on(a, runs), dtype=float), (len(runs),)) for a in node.args[1:]]
     reduce = REDUCERS[name]
     out = np.full(len(runs), np.nan)
-    for i, run_id in enumerate(runs["run_id"].to_numpy()):
+    for i, run_id in enumerate(runs[index.key].to_numpy()):
         frame = index.by_run.get(run_id)
         if frame is None or frame.empty:
             continue
@@ -217,32 +229,19 @@ def call(
 
 
 def read_step_series(client, run_ids: list[str], keys: list[str]) -> pd.DataFrame:
-    """The step series `keys` of `run_ids` from MLflow as a long table (run_id, step, one column per
-    key): one query per metric (and 500 runs) for the whole sweep on a SQL store (sqlite, postgres:
-    `get_metric_history_bulk`), one per metric and 100 runs on a server
-    (`get-history-bulk-interval`, which samples at most 1000 steps per run), and only on other
-    stores one query per run and metric. A summary logged under the same key at the last step
-    (e.g. `weight_norm`) is one more point of its series, with the same value."""
-    store = client._tracking_client.store
-    frames = []
-    for key in keys:
-        rows: list[tuple[str, int, float]] = []
-        if hasattr(store, "get_metric_history_bulk"):  # a SQL store; chunks keep under SQLite's IN limit
-            for start in range(0, len(run_ids), 500):
-                found = store.get_metric_history_bulk(run_ids[start : start + 500], key, max_results=2**31 - 1)
-                rows += [(m.run_id, m.step, m.value) for m in found]
-        elif hasattr(store, "get_metric_history_bulk_interval"):
-            for start in range(0, len(run_ids), 100):
-                found = store.get_metric_history_bulk_interval(run_ids[start : start + 100], key, 1000, None, None)
-                rows += [(m.run_id, m.step, m.value) for m in found]
-        else:
-            for run_id in run_ids:
-                rows += [(run_id, m.step, m.value) for m in client.get_metric_history(run_id, key)]
-        frame = pd.DataFrame(rows, columns=["run_id", "step", key]).drop_duplicates(["run_id", "step"], keep="last")
-        frames.append(frame.set_index(["run_id", "step"]))
-    if not frames:
+    """The step series `keys` of `run_ids` from MLflow as a wide table (run_id, step, one column
+    per key), read by `track.read_metric_histories` (one query per sweep on a SQL store). A
+    summary logged under the same key at the last step is one more point of its series."""
+    from scalesweep import track
+
+    if not keys:
         return pd.DataFrame(columns=["run_id", "step"])
-    return pd.concat(frames, axis=1).reset_index()
+    rows = track.read_metric_histories(client, run_ids, keys)
+    long = pd.DataFrame(rows, columns=["run_id", "metric", "step", "value"])
+    long = long.drop_duplicates(["run_id", "metric", "step"], keep="last")
+    wide = long.pivot(index=["run_id", "step"], columns="metric", values="value").reset_index()
+    wide.columns.name = None
+    return wide.reindex(columns=["run_id", "step", *keys])
 
 
 def series_needed(exprs, params=()) -> list[str]:
