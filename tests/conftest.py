@@ -225,7 +225,8 @@ def ray_cluster():
     finally:
         for node in reversed(nodes):
             kill_session(node, signal.SIGTERM)
-        wait_until(lambda: all(node.poll() is not None for node in nodes), 10, interval=0.2)  # drains up to 30 s
+        # A node drains for up to 30 s; the session's work is done, so give it 3 s, then SIGKILL.
+        wait_until(lambda: all(node.poll() is not None for node in nodes), 3, interval=0.2)
         for node in nodes:
             kill_session(node)
         shutil.rmtree(temp, ignore_errors=True)
