@@ -51,7 +51,7 @@ from scalesweep.plan import _refined, plan
 from scalesweep.spec import RefinePoint, SweepSpec, read_refinements, refine_path
 
 BEYOND = 4.0  # an extrapolated vanishing point at most this factor past the largest point is "just outside"
-MORE_SEEDS = ("no_spread", "not_significant", "below_min_effect")  # reasons (classify.REASONS) seeds can decide
+MORE_SEEDS = ("no_spread", "not_significant", "below_min_effect", "no_min_effect")  # reasons seeds may decide
 KNOBS = ("model_size", "data_size")  # axes a new point can be placed on
 
 

@@ -47,6 +47,38 @@ phenomena:
 """
 
 
+# A grokking spec with explicit observables and phenomena, for tests that edit those lists
+# (the first quickstart; sweeps/quickstart.yaml itself changes with the study's design).
+GROKKING_SPEC = """
+name: quickstart
+description: >
+  Modular addition mod 31 with a small MLP. Does the grokking delay, and the
+  phase a run ends in, change with width and with the number of training pairs?
+task:
+  name: modular_arithmetic
+  params: {p: 31, op: "+"}
+model:
+  family: mlp
+  params: {depth: 1, embed_dim: 16}
+axes:
+  model_size: [32, 64, 128]      # hidden width (4x span)
+  data_size: [200, 400, 800]     # training pairs out of 961 (4x span)
+  seeds: 2
+training:
+  steps: 2000
+  batch_size: 512
+  optimizer: adamw
+  lr: 0.01
+  weight_decay: 1.0
+  eval_every: 25
+observables: [loss, accuracy, fit_steps, weight_norm, grad_norm, loss_spikes]
+phenomena:
+  - name: grokking
+    params: {gap: 150}
+  - generalization_gap
+"""
+
+
 def write_spec(folder: Path, text: str, filename: str = "spec.yaml") -> Path:
     path = folder / filename
     path.write_text(text, encoding="utf-8")

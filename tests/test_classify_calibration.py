@@ -19,6 +19,7 @@ from scalesweep.analysis.classify import REASONS, VERDICT_COLUMNS, classify_runs
 from scalesweep.analysis.phenomena import Phenomenon
 
 
+@pytest.mark.slow  # a minute of simulation in all; `python3 -m scalesweep.analysis.calibration` prints the rates
 @pytest.mark.parametrize("case", calibration.CASES, ids=[c.name for c in calibration.CASES])
 def test_calibration_case(case):
     rate = case.rate()

@@ -50,6 +50,9 @@ def slope(sizes: np.ndarray) -> float:
     return float(np.polyfit(np.log(WIDTHS), np.log(sizes.mean(1)), 1)[0])
 
 
+pytestmark = pytest.mark.slow  # trains MLPs at six widths under both parametrizations
+
+
 @pytest.fixture(scope="module")
 def sizes() -> dict[str, np.ndarray]:
     return {p: coordinate_sizes(p) for p in ("sp", "mup")}

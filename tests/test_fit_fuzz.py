@@ -180,6 +180,7 @@ OUTCOMES: dict[str, int] = {}
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
+@pytest.mark.slow
 @FUZZ
 @given(tables(), st.sampled_from(fit_command.__globals__["LAWS"]))
 def test_fit_on_any_table_is_a_result_or_a_user_error(tmp_path, table, law):
@@ -194,6 +195,7 @@ def test_fit_on_any_table_is_a_result_or_a_user_error(tmp_path, table, law):
         assert all(set(entry) == {"value", "ci_low", "ci_high"} for entry in out.values())
 
 
+@pytest.mark.slow
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(tables(), st.sampled_from(["higher", "lower"]), st.booleans())
 def test_classify_on_any_table_is_a_result_or_a_user_error(tmp_path, table, direction, grouped):

@@ -19,6 +19,7 @@ def test_power_law_recovers_parameters_and_crossing():
     assert fit.crossing(0.1)[0] == np.inf  # below the asymptote: never crossed
 
 
+@pytest.mark.slow
 def test_chinchilla_recovers_synthetic_law():
     rng = np.random.default_rng(1)
     n = 10 ** rng.uniform(7, 10, 150)

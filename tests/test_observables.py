@@ -340,12 +340,13 @@ def test_weight_displacement_is_zero_at_init_and_the_same_in_a_seed_ensemble():
 
 
 def test_validate_refuses_an_observable_that_does_not_apply_and_names_what_would_be_valid():
-    from pathlib import Path
+
+    from conftest import GROKKING_SPEC
 
     from scalesweep.errors import UserError
     from scalesweep.spec import parse_spec
 
-    quickstart = (Path(__file__).parents[1] / "sweeps" / "quickstart.yaml").read_text()
+    quickstart = GROKKING_SPEC
     listed = "observables: [loss, accuracy, fit_steps, weight_norm, grad_norm, loss_spikes]"
     assert listed in quickstart
 

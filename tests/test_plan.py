@@ -70,10 +70,11 @@ def test_plan_command_json(workdir):
 
 def test_keys_ignore_defaults_given_explicitly_number_types_and_observable_order():
     data = yaml.safe_load(GOOD)
+    data["observables"] = ["loss", "accuracy", "fit_steps", "weight_norm", "anisotropy"]  # all apply to an mlp
     keys = {r.run_key for r in plan(parse_spec(yaml.safe_dump(data)))}
     same = json.loads(json.dumps(data))
     same["task"]["params"] = {"p": float(data["task"]["params"]["p"]), "op": "+"}  # "+" is the default
-    same["observables"] = list(reversed(parse_spec(GOOD).observables))
+    same["observables"] = list(reversed(data["observables"]))
     assert {r.run_key for r in plan(parse_spec(yaml.safe_dump(same)))} == keys
     other = json.loads(json.dumps(data))
     other["task"]["params"]["op"] = "-"

@@ -86,7 +86,9 @@ def test_validate_refuses_a_step_function_of_a_summary_and_accepts_one_of_a_step
     from scalesweep.spec import parse_spec
 
     monkeypatch.chdir(tmp_path)
-    quickstart = (Path(__file__).parents[1] / "sweeps" / "quickstart.yaml").read_text()
+    from conftest import GROKKING_SPEC
+
+    quickstart = GROKKING_SPEC
     phenomena = "phenomena:\n  - name: grokking\n    params: {gap: 150}\n  - generalization_gap\n"
     assert phenomena in quickstart
 

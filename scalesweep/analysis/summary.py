@@ -180,13 +180,16 @@ def _scale_range(values: Sequence[float], axis: _Axis, below: bool = False) -> s
     if not xs:
         return ""
     lo, hi = xs[0], xs[-1]
-    word = "below" if below else "near"
     if hi / lo < 1.25:
         mid = math.exp(sum(math.log(x) for x in xs) / len(xs))
         return axis.below(mid) if below else f"near {axis.value(mid)}"
     if isinstance(axis, _Width):
-        return f"{word} a {axis.noun} of about {_round(lo)} to {_round(hi)}"
-    return f"{word} about {_round(lo)} to {_round(hi)} {axis.noun}"
+        if below:
+            return f"below a {axis.noun} of about {_round(lo)} to {_round(hi)}"
+        return f"between a {axis.noun} of about {_round(lo)} and {_round(hi)}"
+    if below:
+        return f"below about {_round(lo)} to {_round(hi)} {axis.noun}"
+    return f"between about {_round(lo)} and {_round(hi)} {axis.noun}"
 
 
 # --- one (phenomenon, axis) ----------------------------------------------------------
@@ -229,7 +232,8 @@ def _where(group: pd.DataFrame, all_slices: pd.DataFrame, nouns: Mapping[str, st
         if n == n_all:
             return f", at every {one}" if n_all > 1 else f", at {one} {_slice_value(labels[0])}"
         shown = _join([_slice_value(s) or s for s in labels])  # grid values as they are, not rounded
-        return f", at {n} of {n_all} {many} ({shown})"
+        unit = "" if isinstance(words, _Width) else f" {words.noun}"
+        return f", at {n} of {n_all} {many} ({shown}{unit})"
     if n == n_all:
         return ", in every slice"
     return f", in {n} of {n_all} slices ({_join(labels, 'and')})"
@@ -246,7 +250,7 @@ def _sentence(kind: str, group: pd.DataFrame, ph: Phenomenon | None, name: str, 
         large = _join([b for _, b in pairs], "or")
         where = _scale_range(transitions, words, below=True)
         if where:
-            return f"{title}: runs end in {small} {where} and in {large} above"
+            return f"{title}: runs end in {small} {where} and in {large} above{_depending(transitions, group)}"
         return f"{title}: runs go from {small} to {large} {words.grows}"
     if kind == "sign_flip":
         where = _scale_range(transitions, words)
@@ -265,22 +269,35 @@ def _sentence(kind: str, group: pd.DataFrame, ph: Phenomenon | None, name: str, 
             text += f" ({ph.strength} {'falls' if metric_falls else 'rises'}; lower counts as more)"
         ends = [str(r.get("detail", "")) for r in rows]
         reasons = [str(r.get("reason", "")) if isinstance(r.get("reason"), str) else "" for r in rows]
-        gone = [
+        abrupt = [
             t
             for d, rs, t in zip(ends, reasons, transitions, strict=True)
             if d.startswith(("vanishes", "emerges")) or rs in ("abrupt_onset", "abrupt_offset")
         ]
-        if gone and len(gone) * 2 >= len(rows):
-            where = _scale_range(gone, words)
-            how = "emerges" if kind == "expansion" else "vanishes"
-            if where:
-                text += f", and {how} {where}"
+        crossings = [t for t in transitions if _finite(t)]
+        if abrupt and len(abrupt) == len(rows) and (where := _scale_range(abrupt, words)):
+            text += f", and {'emerges' if kind == 'expansion' else 'vanishes'} {where}"
+        elif crossings and len(crossings) == len(rows) and (where := _scale_range(crossings, words)):
+            text += f", {'rising above' if kind == 'expansion' else 'falling below'} its presence threshold {where}"
         return text
     if kind == "persistent":
         return f"{title} stays about the same {words.grows}"
     if kind == "absent":
-        return f"{title} is never present"
+        return f"{title}: never beyond its presence threshold"
     return f"{title} changes kind {words.grows}"
+
+
+def _depending(transitions: Sequence[float], group: pd.DataFrame) -> str:
+    """ " (depending on the width)" when the slices put a transition at different scales."""
+    xs = [float(t) for t in transitions if _finite(t) and float(t) > 0]
+    if len(xs) < 2 or max(xs) / min(xs) < 1.25:
+        return ""
+    columns = {_slice_axis(s) for s in group["slice"]}
+    if len(columns) != 1 or None in columns:
+        return " (depending on the slice)"
+    column = columns.pop()
+    noun = {"model_size": "width", "data_size": "training-set size", "compute": "compute"}.get(column, column)
+    return f" (depending on the {noun})"
 
 
 def _findings(verdicts: pd.DataFrame, phenomena: Sequence[Phenomenon], nouns: Mapping[str, str]) -> list[_Finding]:
@@ -335,9 +352,14 @@ def summary_sentences(
     table["detail"] = table["detail"].fillna("").astype(str)
     nouns = dict(nouns or {})
     found = _findings(table, phenomena, nouns)
-    found.sort(key=lambda f: (f.coverage < 0.5, f.derived, f.rank, f.order, -f.coverage))
-    telling = [f for f in found if f.rank < _RANK["absent"]]
-    chosen = (telling or found)[: max(limit, 0)]
+    key = lambda f: (f.coverage < 0.5, f.derived, f.rank, -f.coverage, f.order)  # noqa: E731
+    telling = sorted((f for f in found if f.rank < _RANK["absent"]), key=key)
+    best: dict[int, _Finding] = {}
+    for f in telling:  # each phenomenon's best finding first, in that order; then the others
+        best.setdefault(f.order[0], f)
+    first = sorted(best.values(), key=key)
+    ordered = first + [f for f in telling if f not in first]
+    chosen = (ordered or sorted(found, key=key))[: max(limit, 0)]
     sentences = [f.sentence for f in chosen]
     total = len(table)
     undecided = int((table["verdict"] == "inconclusive").sum())
