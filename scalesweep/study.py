@@ -22,6 +22,7 @@ from scalesweep.plan import plan
 from scalesweep.spec import SweepSpec
 
 AXES = ["model_size", "data_size", "compute"]
+EXAMPLE_NOUNS = {"modular_arithmetic": "training pairs"}  # what one training example of a task is, in words
 
 
 def study_axes(spec: SweepSpec) -> tuple[list[str], list[str]]:
@@ -34,7 +35,7 @@ def study_axes(spec: SweepSpec) -> tuple[list[str], list[str]]:
 
 
 def with_compute(runs: pd.DataFrame, spec: SweepSpec) -> pd.DataFrame:
-    """Add each run's compute (6 · n_params · examples seen, from its planned config)."""
+    """Add each run's compute (6 · n_params · tokens seen, from its planned config)."""
     by_key = {config.run_key: config.compute for config in plan(spec)}
     keys = runs["run_key"] if "run_key" in runs.columns else pd.Series("", index=runs.index)
     return runs.assign(compute=keys.map(by_key).astype(float))
@@ -103,6 +104,7 @@ def report_sweep(
         mlflow_url=uri if uri and uri.startswith("http") else None,
         experiment_id=tracker.experiment_id,
         failed_runs=list(zip(failed["run_name"].astype(str), failed["run_id"].astype(str), strict=True)),
+        axis_nouns={"data_size": EXAMPLE_NOUNS[spec.task.name]} if spec.task.name in EXAMPLE_NOUNS else {},
     )
     out_dir = out_dir or Path("reports") / track.slug(spec.name)
     try:

@@ -68,6 +68,7 @@ class Study:
     mlflow_url: str | None = None
     experiment_id: str | None = None
     failed_runs: list[tuple[str, str]] = field(default_factory=list)  # (run name, run id)
+    axis_nouns: dict[str, str] = field(default_factory=dict)  # how a value of an axis reads: "training pairs"
 
     def run_url(self, run_id: str) -> str | None:
         """The run's page in the MLflow UI, when the runs are on a tracking server."""
@@ -103,7 +104,7 @@ def write_report(
     runs.to_csv(out_dir / "runs.csv", index=False)  # the tidy table: input to `scalesweep fit` / `classify`
     sections = [_phenomenon_section(out_dir, study, runs, ph, verdicts) for ph in phenomena]
     path = out_dir / "report.html"
-    found = _found(verdicts, phenomena, pairs)
+    found = _found(verdicts, phenomena, pairs, study.axis_nouns)
     path.write_text(_page(study, runs, phenomena, verdicts, sections, found), encoding="utf-8")
     return path
 
@@ -542,12 +543,12 @@ def _study_header(study: Study, runs: pd.DataFrame, phenomena: list[Phenomenon],
     )
 
 
-def _found(verdicts: pd.DataFrame, phenomena: list[Phenomenon], pairs: pd.DataFrame) -> list[str]:
+def _found(verdicts: pd.DataFrame, phenomena: list[Phenomenon], pairs: pd.DataFrame, nouns: dict) -> list[str]:
     """The first screen's plain sentences: what was found, then A -> B pairs and shared scales."""
     from scalesweep.analysis.summary import summary_sentences
 
     slices = verdicts.groupby("axis")["slice"].nunique().to_dict()
-    said = summary_sentences(verdicts, phenomena)
+    said = summary_sentences(verdicts, phenomena, nouns=nouns)
     said += transformations.pair_sentences(pairs, slices)
     said += transformations.shared_sentences(transformations.shared_transitions(verdicts))
     return said

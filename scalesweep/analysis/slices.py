@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-# Axes computed from other columns (compute ≈ 6 · n_params · examples seen). Never a slice
+# Axes computed from other columns (compute ≈ 6 · n_params · tokens seen). Never a slice
 # column along another axis (each run would be its own slice); along one, the columns it is
 # made of vary with it, so they do not slice either: "along compute" is the study's diagonal.
 DERIVED_AXES = {"compute": ("model_size", "data_size", "n_params", "budget")}
