@@ -550,7 +550,7 @@ def _found(verdicts: pd.DataFrame, phenomena: list[Phenomenon], pairs: pd.DataFr
     slices = verdicts.groupby("axis")["slice"].nunique().to_dict()
     said = summary_sentences(verdicts, phenomena, nouns=nouns)
     said += transformations.pair_sentences(pairs, slices)
-    said += transformations.shared_sentences(transformations.shared_transitions(verdicts))
+    said += transformations.shared_sentences(transformations.shared_transitions(verdicts), pairs)
     return said
 
 

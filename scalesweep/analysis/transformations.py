@@ -190,10 +190,26 @@ def pair_sentences(pairs: pd.DataFrame, slices_per_axis: dict[str, int] | None =
     return sentences
 
 
-def shared_sentences(groups: list[dict]) -> list[str]:
-    return [
-        f"Along {g['axis']} ({g['slice']}), {', '.join(g['phenomena'])} change near {g['scale']:.2g}: "
-        "candidates for one shared explanation."
-        for g in groups
-        if len(g["phenomena"]) >= 3
-    ]
+SHARED_SENTENCES = 4  # at most this many on the first screen; every group is in the figures' evidence
+
+
+def shared_sentences(groups: list[dict], pairs: pd.DataFrame | None = None) -> list[str]:
+    """Groups of phenomena changing near one scale, one sentence per set of phenomena along an
+    axis (its slices counted), leaving out sets that are exactly a pair already said."""
+    paired = set()
+    if pairs is not None and len(pairs):
+        paired = {(r.axis, frozenset((r.phenomenon_a, r.phenomenon_b))) for r in pairs.itertuples(index=False)}
+    merged: dict[tuple, list[dict]] = {}
+    for g in groups:
+        key = (g["axis"], tuple(g["phenomena"]))
+        if (g["axis"], frozenset(g["phenomena"])) not in paired:
+            merged.setdefault(key, []).append(g)
+    sentences = []
+    for (axis, names), found in sorted(merged.items(), key=lambda item: -len(item[1]))[:SHARED_SENTENCES]:
+        scale = float(np.exp(np.mean([np.log(g["scale"]) for g in found])))
+        where = found[0]["slice"] if len(found) == 1 else f"in {len(found)} slices"
+        sentences.append(
+            f"Along {axis} ({where}), {', '.join(names)} change near {scale:.2g}: "
+            "candidates for one shared explanation."
+        )
+    return sentences
