@@ -71,7 +71,9 @@ def series_names(tree: ast.AST) -> set[str]:
 
 
 def _first_step(steps: np.ndarray, values: np.ndarray) -> float:
-    hit = _truth(values)
+    from scalesweep.analysis.expressions import truth  # expressions imports this module
+
+    hit = truth(values)
     return float(steps[hit][0]) if hit.any() else np.nan
 
 
@@ -103,14 +105,6 @@ def _value_at(steps: np.ndarray, values: np.ndarray, frac: float) -> float:
 def _mean_over(steps: np.ndarray, values: np.ndarray, start: float, end: float) -> float:
     inside = (steps >= start) & (steps <= end) & np.isfinite(values)
     return float(values[inside].mean()) if inside.any() else np.nan
-
-
-def _truth(values) -> np.ndarray:
-    arr = np.asarray(values)
-    if arr.dtype == bool:
-        return arr
-    arr = arr.astype(float)
-    return (arr != 0) & ~np.isnan(arr)
 
 
 REDUCERS: dict[str, Callable[..., float]] = {

@@ -28,7 +28,7 @@ breakpoint is not identified under the null, so no F table applies).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -170,19 +170,25 @@ def fisher_greater(here: np.ndarray, there: np.ndarray) -> float:
     return float(stats.fisher_exact(table, alternative="greater")[1])
 
 
-def benjamini_hochberg(p: Sequence[float]) -> np.ndarray:
-    """Benjamini & Hochberg (1995) adjusted p-values; NaN stays NaN."""
+def _adjusted(p: Sequence[float], step: Callable[[np.ndarray, int], np.ndarray]) -> np.ndarray:
+    """Multiplicity-adjusted p-values: `step(sorted finite p, m)` -> adjusted, in place; NaN stays NaN."""
     p = np.asarray(p, dtype=float)
     out = np.full(p.shape, np.nan)
     ok = np.flatnonzero(np.isfinite(p))
-    if len(ok) == 0:
-        return out
-    order = ok[np.argsort(p[ok])]
-    m = len(ok)
-    adj = p[order] * m / np.arange(1, m + 1)
-    adj = np.minimum.accumulate(adj[::-1])[::-1]
-    out[order] = np.clip(adj, 0, 1)
+    if len(ok):
+        order = ok[np.argsort(p[ok])]
+        out[order] = np.clip(step(p[order], len(ok)), 0, 1)
     return out
+
+
+def benjamini_hochberg(p: Sequence[float]) -> np.ndarray:
+    """Benjamini & Hochberg (1995) adjusted p-values (false discovery rate); NaN stays NaN."""
+    return _adjusted(p, lambda q, m: np.minimum.accumulate((q * m / np.arange(1, m + 1))[::-1])[::-1])
+
+
+def holm(p: Sequence[float]) -> np.ndarray:
+    """Holm's (1979) step-down adjusted p-values (family-wise error); NaN stays NaN."""
+    return _adjusted(p, lambda q, m: np.maximum.accumulate(q * (m - np.arange(m))))
 
 
 # --- the broken line ---------------------------------------------------------------

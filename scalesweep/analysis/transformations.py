@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from scalesweep.analysis.phenomena import Phenomenon
+from scalesweep.analysis.stats import holm
 
 TRANSFORMATION_COLUMNS = [
     "phenomenon_a",
@@ -134,20 +135,6 @@ def _pair_row(axis, label, a, b, p_value, p_adj, declared: bool, family: int) ->
         p_adjusted=float(p_adj),
         detail=detail,
     )
-
-
-def holm(p: np.ndarray) -> np.ndarray:
-    """Holm's (1979) step-down adjusted p-values (family-wise error); NaN stays NaN."""
-    p = np.asarray(p, dtype=float)
-    out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    if len(ok) == 0:
-        return out
-    order = ok[np.argsort(p[ok])]
-    m = len(ok)
-    adjusted = np.maximum.accumulate(np.minimum(1.0, p[order] * (m - np.arange(m))))
-    out[order] = adjusted
-    return out
 
 
 def shared_transitions(verdicts: pd.DataFrame, factor: float = FACTOR) -> list[dict]:
