@@ -1,31 +1,30 @@
 """The classifier: how does a phenomenon change along a scale axis?
 
-Per (phenomenon, axis, slice) it returns one of `VERDICTS` with its evidence.
-The rules are those of DESIGN.md ("The classifier"); the statistics are:
+Per (phenomenon, axis, slice) it returns one of `VERDICTS` with its evidence and
+a stable `reason` code (`REASONS`). The rules are those of DESIGN.md ("The
+classifier"); the statistics live in `stats.py`, and docs/classifier.md has the
+table of tests and the measured calibration. In short:
 
-* Work in u = log10(x); seeds are averaged at each scale point implicitly by
-  ordinary least squares on the runs (balanced seeds: identical to fitting the
-  point means). The noise is the residual spread around the fitted trend, which
-  pools seed-to-seed spread (pure error) with scatter of the point means. It
-  is exact under the null of a flat trend and conservative otherwise, and it
-  is also what makes tables with one value per scale point (published results,
-  no seeds) usable: their noise is estimated from the residuals alone.
-* The trend test is the t-test of the slope (per decade). Non-monotonicity is
-  the t-test of the quadratic term with the fitted vertex inside the range and
-  both arms sloping significantly in opposite directions (so a saturating
-  curve is not called U-shaped). The two tests share the error budget: a
-  noise-only slice gets a trend verdict (expansion, shrinkage or
-  transformation) at most at `ALPHA_TREND + ALPHA_SHAPE` (4.25 %, below the nominal 5 %).
-* Regime flips (Liu et al. 2022 phases) are tested with one-sided Fisher
-  exact tests between the small-end and large-end thirds of the scale points.
-* Persistence is an equivalence test (two one-sided tests, Schuirmann 1987):
-  the 90 % interval of the change across the range lies within +-min_effect.
-* Confidence is the share of bootstrap resamples (runs within each scale
-  point when there are seeds, scale points otherwise) that give the same
-  verdict.
-* `classify_runs` adjusts the p-values of all verdicts of a study with
-  Benjamini & Hochberg (1995) and demotes trend calls that do not survive at
-  `fdr` to inconclusive, saying so in `detail`.
+* Work in u = log10(x). **The scale point is the unit of evidence**: fits are to
+  the point means, and the error term is the points' lack of fit whenever it
+  exceeds what the replicates allow (`stats.wls`), so near-identical replicates
+  never make a trend more significant than the point means alone.
+* Regime flips (Liu et al. 2022 phases): one-sided Fisher exact tests between
+  the runs of the small-end and large-end thirds of the points.
+* The trend test is the t-test of the slope (per decade). Non-monotonicity is a
+  quadratic (vertex inside, both arms significant) or, for asymmetric shapes, a
+  broken line with a profiled breakpoint against a Monte Carlo null; a noise-only
+  slice gets a trend-type verdict at most at ALPHA_TREND + ALPHA_SHAPE +
+  ALPHA_BROKEN (4.5 %).
+* "Emerges" / "vanishes" only for an abrupt onset / offset: a clipped ramp beats
+  a straight line and the flat end is below presence (`_abrupt`).
+* Persistence is an equivalence test (two one-sided tests, Schuirmann 1987).
+* Confidence is the share of bootstrap resamples that give the same verdict,
+  resampling the units the test used (models; seeds within points; or whole
+  points, then seeds).
+* `classify_runs` adjusts p-values with Benjamini & Hochberg (1995) within each
+  family (one phenomenon along one axis) and demotes trend calls that do not
+  survive at `fdr` to inconclusive (`adjust_p_values`).
 """
 
 from __future__ import annotations
