@@ -26,6 +26,8 @@ from scalesweep.analysis.commands import fit_command
 from scalesweep.cli import app
 from scalesweep.errors import UserError
 
+pytestmark = pytest.mark.slow  # hypothesis runs hundreds of fits and classifications
+
 QUICKSTART_RUNS = """\
 model_size,n_params,data_size,seed,final_test_loss,final_train_loss,grokking_delay
 32,2575.0,400,0,5.376462459564209,0.04679815471172333,
@@ -180,7 +182,6 @@ OUTCOMES: dict[str, int] = {}
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-@pytest.mark.slow
 @FUZZ
 @given(tables(), st.sampled_from(fit_command.__globals__["LAWS"]))
 def test_fit_on_any_table_is_a_result_or_a_user_error(tmp_path, table, law):
@@ -195,7 +196,6 @@ def test_fit_on_any_table_is_a_result_or_a_user_error(tmp_path, table, law):
         assert all(set(entry) == {"value", "ci_low", "ci_high"} for entry in out.values())
 
 
-@pytest.mark.slow
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(tables(), st.sampled_from(["higher", "lower"]), st.booleans())
 def test_classify_on_any_table_is_a_result_or_a_user_error(tmp_path, table, direction, grouped):

@@ -340,6 +340,7 @@ def test_files_that_are_not_records(tmp_path):
     assert records.is_record(tarball) and records.is_record(text) and not records.is_record(REPO / "README.md")
 
 
+@pytest.mark.slow  # command-line processes that import MLflow
 def test_the_cli_says_one_paragraph_and_exits_2(tmp_path):
     bad = tmp_path / "bad.zip"
     bad.write_text("not a zip", encoding="utf-8")
@@ -383,6 +384,7 @@ def test_step_series_keep_metrics_logged_at_several_steps():
     assert series["run_key"].tolist() == ["k1"] * 3 + ["k2"] * 3 and "one request per run" in note
 
 
+@pytest.mark.slow  # command-line processes that import MLflow
 def test_export_without_a_store_says_so_and_creates_nothing(workdir, tiny_spec_text):
     spec = write_spec(workdir, tiny_spec_text)
     done = cli("export", str(spec), cwd=workdir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from scalesweep.analysis.classify import classify_runs
 from scalesweep.analysis.phenomena import Phenomenon
@@ -44,12 +45,14 @@ def _pair_rate(a_truth, b_truth, n: int, seed: int, phenomena=(A, B)) -> float:
     return found / n
 
 
+@pytest.mark.slow  # simulates and classifies 40 studies
 def test_a_true_pair_is_found():
     fades = lambda u: _step(u, 2.0, 0.8, 0.0)  # noqa: E731
     grows = lambda u: _step(u, 2.1, 0.0, 0.8)  # noqa: E731
     assert _pair_rate(fades, grows, 40, 1) >= 0.8
 
 
+@pytest.mark.slow  # simulates and classifies 200 studies
 def test_independent_phenomena_give_no_pair():
     flat = lambda u: 0.5 + 0 * u  # noqa: E731
     grows = lambda u: _step(u, 2.0, 0.0, 0.8)  # noqa: E731
