@@ -18,11 +18,21 @@ matplotlib.use("Agg")  # reports are written headless, on workers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
-sns.set_theme(style="whitegrid", context="notebook")
+plt.style.use("seaborn-v0_8-whitegrid")  # seaborn's look before seaborn is imported (see `_seaborn`)
+DEEP_BLUE = "#4c72b0"  # seaborn's first colour
+
+
+def _seaborn():
+    """seaborn, imported on first use, with its theme: the import costs ~0.7 s (it imports
+    scipy.stats), which a report drawn only with small multiples does not need."""
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook")
+    return sns
+
 
 MAX_LABELLED_TICKS = 12
 SMALL_MULTIPLES_FROM = 7  # from this many slices on, one panel per slice instead of one line each
@@ -63,6 +73,7 @@ def strength_vs_axis(
     fig, ax = plt.subplots(figsize=(8.0, 4.4))
     data = points.dropna(subset=["strength"])
     palette_name = None if len(order) <= 10 else "husl"  # seaborn's default repeats after 10 colours
+    sns = _seaborn()
     colours = dict(zip(order, sns.color_palette(palette_name, n_colors=max(len(order), 1)), strict=False))
     if data.empty:
         ax.text(0.5, 0.5, "no run has a finite strength", ha="center", va="center", transform=ax.transAxes)
@@ -109,7 +120,7 @@ def _small_multiples(points, axis, slice_col, order, title, ylabel, path, curves
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.0 * rows + 0.9), sharex=True, sharey=True)
     axes = np.atleast_1d(axes).ravel()
     by_slice = {c.slice: c for c in curves}
-    colour = sns.color_palette()[0]
+    colour = DEEP_BLUE
     for ax, name in zip(axes, order, strict=False):
         mine = data[data[slice_col] == name]
         stats = mine.groupby(axis)["strength"].agg(["mean", "sem", "size"])
@@ -191,7 +202,7 @@ def _all_labels(labels: Sequence[str], found: Iterable[str]) -> list[str]:
 
 
 def _regime_colours(labels: Sequence[str]) -> dict[str, tuple]:
-    return dict(zip(labels, sns.color_palette("Set2", len(labels)), strict=True))
+    return dict(zip(labels, _seaborn().color_palette("Set2", len(labels)), strict=True))
 
 
 def regime_phase_diagram(table: pd.DataFrame, *, x: str, y: str, labels: Sequence[str], title: str, path: Path) -> Path:
@@ -209,7 +220,7 @@ def regime_phase_diagram(table: pd.DataFrame, *, x: str, y: str, labels: Sequenc
     text = text + share.map(lambda v: f"\n{v:.0%}")
     palette = list(_regime_colours(labels).values())
     fig, ax = plt.subplots(figsize=(min(4.0 + 1.1 * len(codes.columns), 12.0), 4.6))
-    sns.heatmap(
+    _seaborn().heatmap(
         codes,
         annot=text.to_numpy(),
         fmt="",

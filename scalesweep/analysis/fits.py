@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import optimize, special
+from scipy import special
 
 from scalesweep.errors import UserError
 
@@ -254,6 +254,8 @@ def _power_once(x, y, start=None) -> np.ndarray:
         term = np.exp(p[1] - p[2] * lx)
         return np.column_stack([np.ones_like(lx), term, -lx * term])
 
+    from scipy import optimize  # imported by the fits that need it: a report of onsets needs none
+
     e, la, al = optimize.least_squares(resid, first, jac=jac, method="trf", max_nfev=200).x
     return np.array([e, _exp(la), al])
 
@@ -336,6 +338,8 @@ def _chin_objective(theta, log_n, log_d, log_l):
 
 
 def _chin_once(n, d, loss, starts) -> tuple[np.ndarray, float]:
+    from scipy import optimize
+
     args = (np.log(n), np.log(d), np.log(loss))
     best_x, best_f = None, math.inf
     for s in starts:
@@ -433,6 +437,8 @@ def _bnsl_unpack(p):
 
 
 def _bnsl_once(x, y, starts) -> tuple[np.ndarray, float]:
+    from scipy import optimize
+
     target = np.log1p(y)
 
     def resid(p):
