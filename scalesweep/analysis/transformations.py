@@ -137,6 +137,11 @@ def _pair_row(axis, label, a, b, p_value, p_adj, declared: bool, family: int) ->
     )
 
 
+def _round(x: float) -> str:
+    """Two significant figures, without an exponent below 10^5: 540, 0.31, 1.5e+10."""
+    return f"{float(f'{x:.2g}'):g}" if 1e-3 <= abs(x) < 1e5 else f"{x:.2g}"
+
+
 def shared_transitions(verdicts: pd.DataFrame, factor: float = FACTOR) -> list[dict]:
     """Groups of phenomena whose transitions along one axis and slice lie within `factor`
     of their neighbours' (single linkage in log scale), with the verdicts as evidence."""
@@ -173,7 +178,7 @@ def pair_sentences(pairs: pd.DataFrame, slices_per_axis: dict[str, int] | None =
         where = "in every slice" if len(rows) == total and total > 1 else f"in {len(rows)} of {total} slice(s)"
         if total == 1 and len(rows) == 1:
             where = f"({rows['slice'].iloc[0]})"
-        sentences.append(f"{a} gives way to {b} near {axis} = {near:.2g}, {where}.")
+        sentences.append(f"{a} gives way to {b} near {axis} = {_round(near)}, {where}.")
     return sentences
 
 
@@ -188,7 +193,7 @@ def shared_sentences(groups: list[dict], pairs: pd.DataFrame | None = None) -> l
         paired = {(r.axis, frozenset((r.phenomenon_a, r.phenomenon_b))) for r in pairs.itertuples(index=False)}
     merged: dict[tuple, list[dict]] = {}
     for g in groups:
-        key = (g["axis"], tuple(g["phenomena"]))
+        key = (g["axis"], tuple(sorted(g["phenomena"])))
         if (g["axis"], frozenset(g["phenomena"])) not in paired:
             merged.setdefault(key, []).append(g)
     sentences = []
@@ -196,7 +201,7 @@ def shared_sentences(groups: list[dict], pairs: pd.DataFrame | None = None) -> l
         scale = float(np.exp(np.mean([np.log(g["scale"]) for g in found])))
         where = found[0]["slice"] if len(found) == 1 else f"in {len(found)} slices"
         sentences.append(
-            f"Along {axis} ({where}), {', '.join(names)} change near {scale:.2g}: "
+            f"Along {axis} ({where}), {', '.join(names)} change near {_round(scale)}: "
             "candidates for one shared explanation."
         )
     return sentences
