@@ -16,7 +16,6 @@ from scalesweep.analysis.classify import classify_runs
 from scalesweep.analysis.load import runs_from_mlflow
 from scalesweep.analysis.phenomena import Phenomenon, load_phenomenon
 from scalesweep.analysis.report import Study, write_report
-from scalesweep.analysis.table import classify_table  # noqa: F401  (moved; kept importable)
 from scalesweep.errors import UserError
 from scalesweep.plan import plan
 from scalesweep.spec import SweepSpec

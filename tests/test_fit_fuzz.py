@@ -199,7 +199,7 @@ def test_fit_on_any_table_is_a_result_or_a_user_error(tmp_path, table, law):
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(tables(), st.sampled_from(["higher", "lower"]), st.booleans())
 def test_classify_on_any_table_is_a_result_or_a_user_error(tmp_path, table, direction, grouped):
-    from scalesweep.study import classify_table
+    from scalesweep.analysis.table import classify_table
 
     path = tmp_path / "t.csv"
     table.to_csv(path, index=False)
