@@ -7,7 +7,7 @@ CPU seconds are the figure that does not depend on the neighbours):
 - classify: `classify_runs` on a synthetic runs table of 10,000 runs (25 widths
   x 25 data sizes x 16 seeds) for 5 catalog phenomena, along both axes
   (goal: at most 10 s);
-- load: `runs_from_mlflow` (what `scalesweep report` reads) on an MLflow sqlite
+- load: `store.runs_table` (what `scalesweep report` reads) on an MLflow sqlite
   store holding 10,000 finished child runs of one sweep (goal: at most 30 s);
 - csv: the whole `scalesweep classify TABLE.csv` command, as a user runs it, on a
   published-table-style CSV of 500 rows in 9 slices (one value per model; goal:
@@ -87,17 +87,17 @@ def make_store(runs: pd.DataFrame, workdir: Path) -> str:
     # importing this module (multiprocessing's spawn), and a real CLI's are as light.
     from mlflow.entities import Metric, Param, RunTag
 
-    from scalesweep import track
+    from scalesweep import store
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    client = track.client_for(uri)
-    experiment_id = track.ensure_experiment(client, EXPERIMENT)
-    parent = client.create_run(experiment_id, tags={f"{track.TAG}.role": "parent", f"{track.TAG}.sweep": SWEEP})
+    client = store.client_for(uri)
+    experiment_id = store.ensure_experiment(client, EXPERIMENT)
+    parent = client.create_run(experiment_id, tags={f"{store.TAG}.role": "parent", f"{store.TAG}.sweep": SWEEP})
     template = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent.info.run_id})
     client.log_batch(
         template.info.run_id,
         params=[Param("lr", "0.01")],
-        tags=[RunTag(f"{track.TAG}.role", "child")],
+        tags=[RunTag(f"{store.TAG}.role", "child")],
         metrics=[Metric("final_test_acc", 0.0, 0, 0)],
     )
     client.set_terminated(template.info.run_id, "FINISHED")
@@ -108,7 +108,7 @@ def make_store(runs: pd.DataFrame, workdir: Path) -> str:
 
 def _clone(db: sqlite3.Connection, template: str, parent: str, runs: pd.DataFrame) -> None:
     """Copy the template run once per row of `runs`, with that row's tags and metrics."""
-    from scalesweep import track
+    from scalesweep import store
 
     ids = [uuid.uuid4().hex for _ in range(len(runs))]
     names = [name for (name,) in db.execute("SELECT name FROM pragma_table_info('runs')")]
@@ -124,10 +124,10 @@ def _clone(db: sqlite3.Connection, template: str, parent: str, runs: pd.DataFram
         key = f"w{values['model_size']}-n{values['data_size']}-s{values['seed']}"
         tags += [
             ("mlflow.parentRunId", parent, run_id),
-            (f"{track.TAG}.role", "child", run_id),
-            (f"{track.TAG}.sweep", SWEEP, run_id),
-            (f"{track.TAG}.run_key", key, run_id),
-            *[(f"{track.TAG}.{axis}", str(values[axis]), run_id) for axis in ("model_size", "data_size", "seed")],
+            (f"{store.TAG}.role", "child", run_id),
+            (f"{store.TAG}.sweep", SWEEP, run_id),
+            (f"{store.TAG}.run_key", key, run_id),
+            *[(f"{store.TAG}.{axis}", str(values[axis]), run_id) for axis in ("model_size", "data_size", "seed")],
         ]
         params += [(name, str(values[name]), run_id) for name in ("model_size", "data_size", "seed")]
         for name in metric_names:
@@ -148,10 +148,10 @@ def _clone(db: sqlite3.Connection, template: str, parent: str, runs: pd.DataFram
 
 def time_load(uri: str, expected: int) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process) of reading the sweep's runs table."""
-    from scalesweep.analysis.load import runs_from_mlflow
+    from scalesweep.store import runs_table
 
     started, cpu = time.perf_counter(), time.process_time()
-    table = runs_from_mlflow(SWEEP, EXPERIMENT, uri)
+    table = runs_table(SWEEP, EXPERIMENT, uri)
     seconds = time.perf_counter() - started
     if len(table) != expected:  # the template run has no sweep tag: it is not loaded
         raise RuntimeError(f"loaded {len(table)} runs, expected {expected}")

@@ -1,7 +1,7 @@
 """What MLflow tracking costs a sweep: the quickstart with real tracking against none.
 
 Both variants run the same sweep through the same driver, Ray and trainer; the
-"untracked" one swaps the Tracker for one that writes nothing. They alternate
+"untracked" one passes `run_sweep` a writer that writes nothing. They alternate
 over repetitions (so drift in machine load hits both), each in a fresh
 working directory with a fresh sqlite store. Prints medians and the ratio,
 and the driver's own count of seconds spent in MLflow calls.
@@ -22,14 +22,14 @@ from pathlib import Path
 import ray
 from rich.console import Console
 
-from scalesweep import execute, track
+from scalesweep import execute, store
 from scalesweep.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ["tracked", "tracked, no curves.png", "untracked"]
 
 
-class UntrackedTracker(track.Tracker):
+class UntrackedTracker(store.Tracker):
     """Records nothing: every MLflow call is skipped; run ids are made up."""
 
     def __init__(self, client, sweep, experiment, notify=None):
@@ -43,6 +43,12 @@ class UntrackedTracker(track.Tracker):
     def child_runs(self):
         return []
 
+    def take_lease(self):  # no store, no second driver to keep out
+        return None
+
+    def release_lease(self):
+        pass
+
     def start_child(self, config):
         return f"run-{next(self.ids)}"
 
@@ -55,18 +61,16 @@ def one_sweep(spec_path: Path, variant: str) -> tuple[float, float, float]:
     spec = load_spec(spec_path)
     tracking = spec.tracking.model_copy(update={"curves_figure": variant == "tracked"})
     spec = spec.model_copy(update={"tracking": tracking})
-    original = track.Tracker
+    writer = UntrackedTracker if variant == "untracked" else store.Tracker
     with tempfile.TemporaryDirectory() as workdir:
         cwd = os.getcwd()
         os.chdir(workdir)
-        track.ensure_experiment(track.client_for(), "warm-up")  # a fresh store, created before timing
-        track.Tracker = UntrackedTracker if variant == "untracked" else original
+        store.ensure_experiment(store.client_for(), "warm-up")  # a fresh store, created before timing
         try:
             started = time.perf_counter()
-            outcome = execute.run_sweep(spec, console=Console(quiet=True))
+            outcome = execute.run_sweep(spec, console=Console(quiet=True), writer=writer)
             wall = time.perf_counter() - started
         finally:
-            track.Tracker = original
             os.chdir(cwd)
     return wall, outcome.train_seconds, outcome.tracking_seconds
 

@@ -1,7 +1,7 @@
 """`scalesweep ...`: the command line.
 
-Each command is a thin wrapper: it parses options, calls one function of the
-package, and prints. A `UserError` anywhere becomes one red paragraph on
+Each command is a thin wrapper: it parses options, calls its verb's function
+in `commands.py`, and prints. A `UserError` anywhere becomes one red paragraph on
 stderr and exit code 2; no traceback for mistakes a user can fix.
 """
 
@@ -10,9 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -21,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from scalesweep import commands
 from scalesweep.errors import UserError
 
 app = typer.Typer(
@@ -60,9 +59,7 @@ def user_errors(command):
 
 
 def _load(spec_path: Path):
-    from scalesweep.spec import load_spec
-
-    return load_spec(spec_path)
+    return commands.validate(spec_path)
 
 
 @app.command()
@@ -120,11 +117,9 @@ def plan_command(
 ) -> None:
     """Expand the design into runs (run key, steps, compute), with the total compute and,
     once some runs have finished, the time the rest should take."""
-    from scalesweep.plan import plan
-
     loaded = _load(spec)
-    _confirm_size(spec, loaded.n_runs, yes, "list")
-    runs = plan(loaded)
+    commands.confirm_size(spec, loaded.n_runs, yes, "list")
+    runs = commands.plan_runs(loaded)
     _warn_axes(loaded, runs)
     if as_json:
         rows = [
@@ -144,10 +139,10 @@ def plan_command(
 
 
 def _print_preview(loaded, runs, tracking_uri: str | None) -> None:
-    from scalesweep.preview import estimate_time, format_seconds
+    from scalesweep.preview import format_seconds
 
     out.print(f"{len(runs)} runs, about {sum(r.compute for r in runs):.3g} FLOPs in all", highlight=False)
-    estimate = estimate_time(loaded, runs, tracking_uri)
+    estimate = commands.time_left(loaded, runs, tracking_uri)
     if estimate is None:
         out.print("time: unknown until some runs have finished (then `scalesweep plan` estimates it)")
     elif estimate.remaining == 0:
@@ -172,11 +167,9 @@ def run(
     yes: Annotated[bool, typer.Option("--yes", help="confirm a sweep of more than 10,000 runs")] = False,
 ) -> None:
     """Run the sweep's missing runs on Ray, recording each to MLflow."""
-    from scalesweep.execute import run_sweep
-
     loaded = _load(spec)
-    _confirm_size(spec, loaded.n_runs, yes, "run")
-    outcome = run_sweep(
+    commands.confirm_size(spec, loaded.n_runs, yes, "run")
+    outcome = commands.run(
         loaded, address=address, tracking_uri=tracking_uri, force=force, rerun_failed=rerun_failed, console=err
     )
     out.print(
@@ -199,20 +192,8 @@ def run(
 
 def _warn_axes(loaded, runs) -> None:
     """Before anything runs: axes whose verdicts can only be inconclusive (on stderr)."""
-    from scalesweep.preview import axis_warnings
-
-    for warning in axis_warnings(loaded, runs):
+    for warning in commands.axis_warnings(loaded, runs):
         err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
-
-
-def _confirm_size(spec: Path, n_runs: int, yes: bool, verb: str) -> None:
-    """Refuse a sweep of more than MAX_RUNS_WITHOUT_CONFIRM runs unless --yes (counted, not expanded)."""
-    from scalesweep.spec import MAX_RUNS_WITHOUT_CONFIRM
-
-    if n_runs > MAX_RUNS_WITHOUT_CONFIRM and not yes:
-        raise UserError(
-            f"{spec}: the sweep has {n_runs:,} runs (more than {MAX_RUNS_WITHOUT_CONFIRM:,}); pass --yes to {verb} it."
-        )
 
 
 @app.command()
@@ -223,16 +204,7 @@ def report(
     out_dir: Annotated[Path | None, typer.Option("--out", help="output folder (default reports/<sweep>)")] = None,
 ) -> None:
     """Classify the sweep's phenomena and write report.html and verdicts.csv (a record: no MLflow needed)."""
-    from scalesweep.records import is_record
-
-    if is_record(spec):  # a phenomenon record: no MLflow, Ray or torch is imported
-        from scalesweep.records import report_record
-
-        path, verdicts = report_record(spec, out_dir=out_dir)
-    else:
-        from scalesweep.study import report_sweep
-
-        path, verdicts = report_sweep(_load(spec), tracking_uri=tracking_uri, out_dir=out_dir)
+    path, verdicts = commands.report(spec, tracking_uri=tracking_uri, out_dir=out_dir)
     _print_verdicts(verdicts)
     out.print(f"report: {path}", highlight=False)
 
@@ -247,13 +219,8 @@ def refine(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the proposal, run nothing")] = False,
 ) -> None:
     """Add at most --budget runs where the verdicts are least sure, run them, and re-report."""
-    from scalesweep.execute import run_sweep
-    from scalesweep.refine import current_verdicts, propose, record
-    from scalesweep.study import report_sweep
-
     loaded = _load(spec)
-    runs, verdicts, phenomena, axes, grid = current_verdicts(loaded, tracking_uri)
-    proposals = propose(loaded, runs, verdicts, phenomena, budget, axes, grid)
+    proposals = commands.refine_proposals(loaded, tracking_uri, budget)
     if not proposals:
         out.print("refine: no verdict would gain from more runs (no bracketed transition, no lack of seeds)")
         return
@@ -265,11 +232,11 @@ def refine(
     out.print(table)
     if dry_run:
         return
-    out.print(f"recorded in {record(spec, proposals)}", highlight=False)
+    out.print(f"recorded in {commands.refine_record(spec, proposals)}", highlight=False)
     loaded = _load(spec)
-    outcome = run_sweep(loaded, address=address, tracking_uri=tracking_uri, console=err)
+    outcome = commands.run(loaded, address=address, tracking_uri=tracking_uri, console=err)
     out.print(f"{loaded.name}: {outcome.finished} finished, {outcome.failed} failed (of {outcome.planned})")
-    path, verdicts = report_sweep(loaded, tracking_uri=tracking_uri)
+    path, verdicts = commands.report_sweep(loaded, tracking_uri=tracking_uri)
     _print_verdicts(verdicts)
     out.print(f"report: {path}", highlight=False)
     if not outcome.ok:
@@ -284,9 +251,7 @@ def isoflop(
     loss: Annotated[str, typer.Option("--loss", help="the loss column to minimise")] = "final_test_loss",
 ) -> None:
     """IsoFLOP analysis: loss-optimal model size per budget, and N_opt ∝ C^a, D_opt ∝ C^b."""
-    from scalesweep.study import isoflop_study
-
-    optima, exponents = isoflop_study(_load(spec), tracking_uri=tracking_uri, loss=loss)
+    optima, exponents = commands.isoflop_study(_load(spec), tracking_uri=tracking_uri, loss=loss)
     table = Table(title="loss-optimal model size per compute budget (95% bootstrap interval)")
     for column in ["budget (FLOPs)", "N_opt", "N low", "N high", "D_opt", "sizes", "note"]:
         table.add_column(column)
@@ -305,15 +270,16 @@ def isoflop(
 @user_errors
 def status(spec: SpecArg, tracking_uri: TrackingOpt = None) -> None:
     """Finished / failed / running / missing runs of the spec."""
-    from scalesweep.study import sweep_status
-
-    counts, rows = sweep_status(_load(spec), tracking_uri=tracking_uri)
+    sweep = _load(spec)
+    counts, rows = commands.sweep_status(sweep, tracking_uri=tracking_uri)
     table = Table(title=", ".join(f"{n} {state}" for state, n in counts.items()))
     for column in ["state", "run_key", "label", "run_id"]:
         table.add_column(column)
     for row in rows:
         table.add_row(*(escape(str(cell)) for cell in row))
     out.print(table)
+    if driver := commands.sweep_driver(sweep, tracking_uri=tracking_uri):
+        out.print(escape(driver))
 
 
 @app.command()
@@ -339,30 +305,14 @@ def classify(
 ) -> None:
     """Classify a phenomenon measured in any table (published results too), or re-classify a
     phenomenon record's runs with its phenomena (options override their fields)."""
-    from scalesweep.records import is_record
-
-    if is_record(table):
-        from scalesweep.records import classify_record_command
-
-        path, verdicts = classify_record_command(
-            table, out_dir, phenomenon or [], axis, value, group, seed, direction, presence, min_effect, signed
-        )
-        _print_verdicts(verdicts)
-        out.print(f"report: {path}", highlight=False)
-        return
-    if axis is None or value is None:
-        raise UserError(
-            f"{table}: classifying a table needs --axis (the scale column) and --value (the strength column)."
-        )
-    from scalesweep.analysis.table import classify_table
-
-    path, verdicts = classify_table(
+    path, verdicts = commands.classify(
         table,
+        phenomenon=phenomenon,
         axis=axis,
         value=value,
-        group=group or [],
+        group=group,
         seed=seed,
-        direction=direction or "higher",
+        direction=direction,
         presence=presence,
         min_effect=min_effect,
         out_dir=out_dir,
@@ -388,9 +338,7 @@ def export(
 ) -> None:
     """Write the sweep's phenomenon record: runs, step series, phenomena, verdicts, spec, run keys,
     manifest, as one .zip that `report`, `classify` and `compare` read without MLflow, Ray or torch."""
-    from scalesweep.records import export_sweep
-
-    path = export_sweep(
+    path = commands.export(
         _load(spec), tracking_uri=tracking_uri, out=out_file, with_series=not no_series, cite=cite, license=license_
     )
     out.print(f"record: {path}", highlight=False)
@@ -405,9 +353,9 @@ def compare(
 ) -> None:
     """Where two records agree and disagree, phenomenon by phenomenon and axis by axis: verdict,
     effect with its interval, and transition, side by side."""
-    from scalesweep.records import compare_records, comparison_summary, write_comparison
+    from scalesweep.records import comparison_summary, write_comparison
 
-    frame, notes = compare_records(record_a, record_b)
+    frame, notes = commands.compare(record_a, record_b)
     _print_comparison(frame, f"A = {record_a.name}, B = {record_b.name}")
     for note in notes:
         err.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
@@ -446,9 +394,7 @@ def fit(
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON object keyed by parameter")] = False,
 ) -> None:
     """Fit a scaling law (with bootstrap intervals) to a table."""
-    from scalesweep.analysis.commands import fit_command
-
-    result = fit_command(table, law=law, y=y, x=x, n=n, d=d, exclude_col=exclude_col)
+    result = commands.fit_command(table, law=law, y=y, x=x, n=n, d=d, exclude_col=exclude_col)
     for note in getattr(result, "notes", []):  # on stderr, so that --json stays one object
         err.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
     if as_json:
@@ -470,20 +416,14 @@ def ui(
     port: Annotated[int, typer.Option("--port")] = 5000,
 ) -> None:
     """Start the MLflow UI on the runs (bound to 127.0.0.1 unless told otherwise)."""
-    from scalesweep.track import check_store, resolve_uri
-
-    uri = resolve_uri(tracking_uri)
-    check_store(uri)
-    url = f"http://{host}:{port}"
-    local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # a wildcard bind answers on loopback
-    probe = f"http://{'[' + local + ']' if ':' in local else local}:{port}/"
+    uri, command, probe, url = commands.ui(tracking_uri, host, port)
     if _http_answers(probe):
         raise UserError(
             f"something already answers on {url} (another `scalesweep ui` or `mlflow ui`?); "
             f"stop it, or pass another --port, e.g. --port {port + 1}."
         )
     out.print(f"starting the MLflow UI on {escape(uri)} (this takes a few seconds) ...", highlight=False)
-    raise typer.Exit(serve_ui(mlflow_ui_command(uri, host, port), probe, url))
+    raise typer.Exit(serve_ui(command, probe, url))
 
 
 UI_PATIENCE = 120.0  # seconds `scalesweep ui` waits for the server to answer (SCALESWEEP_UI_TIMEOUT)
@@ -543,13 +483,6 @@ def _http_answers(url: str) -> bool:
         return False
 
 
-def mlflow_ui_command(uri: str, host: str, port: int) -> list[str]:
-    """The `mlflow ui` command line that `scalesweep ui` runs: always with an explicit --host."""
-    mlflow_bin = shutil.which("mlflow")
-    launcher = [mlflow_bin] if mlflow_bin else [sys.executable, "-m", "mlflow"]
-    return [*launcher, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-
-
 @app.command()
 @user_errors
 def submit(
@@ -558,10 +491,7 @@ def submit(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Submit the sweep to a Ray cluster as a Ray Job (working directory uploaded)."""
-    from scalesweep.jobs import submit_job
-
-    _load(spec)
-    job_id = submit_job(spec, address=address, tracking_uri=tracking_uri)
+    job_id = commands.submit(spec, address=address, tracking_uri=tracking_uri)
     out.print(f"submitted job {job_id}")
     out.print(f"follow it with: ray job logs --follow --address {address} {job_id}", highlight=False)
 

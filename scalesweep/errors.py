@@ -1,4 +1,5 @@
-"""User-facing errors.
+"""User-facing errors, and the wording helpers every module shares ("did you mean", an
+exception's first line, a name safe as a folder).
 
 Anything the user can fix (a bad spec, an unknown name, an unreachable server,
 a missing file) is raised as a `UserError`. The CLI prints its message as one
@@ -34,3 +35,9 @@ def first_line(err: BaseException) -> str:
     """The first line of an exception's message: enough to say what failed, in one paragraph."""
     text = str(err).strip().splitlines()
     return text[0][:300] if text else type(err).__name__
+
+
+def safe_name(name: str, keep: str = "-_.") -> str:
+    """A name safe as one path component or HTML id: letters, digits and `keep`; all else `_`
+    (a sweep's artifact, report and record folders; a report's figure files and anchors)."""
+    return "".join(c if c.isalnum() or c in keep else "_" for c in str(name))

@@ -2,16 +2,18 @@
 
 Each seed ensemble (runs that differ only in seed) is one Ray *streaming*
 task: the worker yields events (see `train.py`) and the driver, the single
-MLflow writer, records them as they arrive. The driver also decides what to
-run: a run key already FINISHED in MLflow is skipped, a RUNNING one left by a
-killed driver is marked KILLED and run again, so a sweep stopped at any
-moment and started again ends with exactly one finished run per grid point.
+MLflow writer (a `store.Tracker`, or any writer with its methods), records
+them as they arrive. What to run is the ledger's answer (`ledger.py`): a run
+key already FINISHED is skipped, a RUNNING one left by a killed driver is
+marked KILLED and run again, so a sweep stopped at any moment and started
+again ends with exactly one finished run per grid point.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,9 +23,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from scalesweep import cluster, track
+from scalesweep import cluster, store
 from scalesweep.curves import curves_figure
 from scalesweep.errors import first_line
+from scalesweep.ledger import Ledger
 from scalesweep.plan import RunConfig, group_by_ensemble, plan
 from scalesweep.preview import axis_warnings
 from scalesweep.spec import SweepSpec
@@ -42,6 +45,9 @@ class SweepOutcome:
     train_seconds: float = 0.0  # summed over the finished runs
     tracking_seconds: float = 0.0  # spent by the driver in MLflow calls
     figure_seconds: float = 0.0  # of which storing the curves.png figures
+    resumed: int = 0  # runs that went on from a checkpoint
+    checkpoints: int = 0  # checkpoints stored (one per run: an ensemble's counts once per seed)
+    checkpoint_seconds: float = 0.0  # the workers' time to make them (torch.save)
 
     @property
     def ok(self) -> bool:
@@ -63,8 +69,10 @@ class RunState:
     rows: list[dict[str, float]] = field(default_factory=list)
     pending: list[dict[str, float]] = field(default_factory=list)  # received, not yet written
     written_at: float = 0.0
+    checkpoint: bytes | None = None  # the latest checkpoint: a retried or resumed attempt goes on from it
+    holders: list[str] = field(default_factory=list)  # the key's runs that store one (deleted when it finishes)
 
-    def flush(self, tracker: track.Tracker) -> None:
+    def flush(self, tracker: store.Tracker) -> None:
         """Write the rows received since the last write (live curves in the UI)."""
         if self.pending and self.run_id:
             tracker.log_rows(self.run_id, self.pending, int(time.time() * 1000))
@@ -82,22 +90,44 @@ def run_sweep(
     force: bool = False,
     rerun_failed: bool = False,
     console: Console | None = None,
+    writer: Callable[..., store.Tracker] | None = None,
 ) -> SweepOutcome:
-    """Run every run of `spec` that MLflow does not already hold as finished.
+    """Run every run of `spec` that the store does not already hold as finished.
 
     Both services are checked before any child run is written: the tracking
     store by `client_for`, the Ray address by a TCP probe (ray.init itself
     would retry a dead address for minutes), the runs' resources against the
-    cluster's nodes."""
+    cluster's nodes. `writer` makes the sweep's writer from (client, sweep,
+    experiment, notify=...): `store.Tracker` unless given (a benchmark passes
+    one that writes nothing)."""
     console = console or Console(stderr=True)
     configs = plan(spec)
     address = cluster.resolve_address(address)
-    client = track.client_for(tracking_uri or spec.tracking.uri)
+    client = store.client_for(tracking_uri or spec.tracking.uri)
     if address:
         cluster.check_reachable(address)
     notify = lambda message: console.print(f"[yellow]{escape(message)}[/yellow]")  # noqa: E731
-    tracker = track.Tracker(client, spec.name, spec.experiment_name, notify=notify)
+    tracker = (writer or store.Tracker)(client, spec.name, spec.experiment_name, notify=notify)
+    tracker.take_lease()  # one driver per sweep: a second one stops here, naming the first
+    try:
+        return _sweep(spec, configs, tracker, address, console, force=force, rerun_failed=rerun_failed)
+    finally:
+        tracker.release_lease()
+
+
+def _sweep(
+    spec: SweepSpec,
+    configs: list[RunConfig],
+    tracker: store.Tracker,
+    address: str | None,
+    console: Console,
+    *,
+    force: bool,
+    rerun_failed: bool,
+) -> SweepOutcome:
+    """The sweep, under its lease: select what to run, check the cluster, drive, record the outcome."""
     todo = select_runs(tracker, configs, force=force, rerun_failed=rerun_failed)
+    resume = prepare_checkpoints(tracker, spec, configs, todo, force=force)
     outcome = SweepOutcome(planned=len(configs), skipped=len(configs) - len(todo))
     if todo:
         try:
@@ -107,21 +137,27 @@ def run_sweep(
             tracker.not_started(first_line(err))
             raise
     spec_yaml = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
-    tracker.log_spec(spec_yaml, len(configs), track.sweep_params(spec, configs), _description(spec, configs))
+    tracker.log_spec(spec_yaml, len(configs), store.sweep_params(spec, configs), _description(spec, configs))
     if not todo:
         console.print(f"[green]all {len(configs)} runs of {escape(spec.name)} already finished[/green]")
-        tracker.log_outcome(track.sweep_counts(tracker.child_runs(), configs), int(time.time() * 1000))
+        tracker.log_outcome(Ledger(tracker.child_runs()).outcome(configs), int(time.time() * 1000))
         return outcome
     for warning in axis_warnings(spec, configs):  # said before running; the sweep goes on (its runs are data)
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
     console.print(f"{escape(spec.name)}: {len(todo)} runs to do, {outcome.skipped} already done")
+    if n_resumable := sum(1 for data, _ in resume.values() if data):
+        console.print(f"{n_resumable} of them go on from their checkpoints")
     tracker.sweep_started()
     try:
-        _drive(spec, todo, tracker, outcome, console)
+        Driver(spec, tracker, outcome, console).drive(todo, resume)
     except KeyboardInterrupt:
         tracker.sweep_ended("KILLED", outcome.train_seconds)
         raise
-    tracker.log_outcome(track.sweep_counts(tracker.child_runs(), configs), int(time.time() * 1000))
+    if outcome.resumed:
+        console.print(f"resumed {outcome.resumed} runs from checkpoints")
+    if outcome.checkpoints:
+        console.print(f"checkpoints: {outcome.checkpoints} stored, {outcome.checkpoint_seconds:.2f} s to make them")
+    tracker.log_outcome(Ledger(tracker.child_runs()).outcome(configs), int(time.time() * 1000))
     outcome.tracking_seconds, outcome.figure_seconds = tracker.seconds, tracker.figure_seconds
     tracker.sweep_ended("FINISHED" if outcome.ok else "FAILED", outcome.train_seconds)
     return outcome
@@ -135,150 +171,203 @@ def _description(spec: SweepSpec, configs: list[RunConfig]) -> str:
 
 
 def select_runs(
-    tracker: track.Tracker, configs: list[RunConfig], *, force: bool, rerun_failed: bool
+    tracker: store.Tracker, configs: list[RunConfig], *, force: bool, rerun_failed: bool
 ) -> list[RunConfig]:
-    """Decide what to run from what MLflow holds; end runs left RUNNING by a dead driver."""
-    by_key: dict[str, list[track.ChildRun]] = {}
-    for child in tracker.child_runs():
-        by_key.setdefault(child.run_key, []).append(child)
-        if child.status == "RUNNING":
-            tracker.abandon(child.run_id, "the driver that ran it stopped before it finished")
-            child.status = "KILLED"
-    todo = []
-    for config in configs:
-        statuses = {c.status for c in by_key.get(config.run_key, [])}
-        if force or not ("FINISHED" in statuses or ("FAILED" in statuses and not rerun_failed)):
-            todo.append(config)
-    return todo
+    """What to run, by the ledger of what the store holds; end runs left RUNNING by a dead driver."""
+    ledger = Ledger(tracker.child_runs())
+    for child in ledger.stale():
+        tracker.abandon(child.run_id, "the driver that ran it stopped before it finished")
+    return ledger.to_run(configs, force=force, rerun_failed=rerun_failed)
 
 
-def _drive(
-    spec: SweepSpec, todo: list[RunConfig], tracker: track.Tracker, outcome: SweepOutcome, console: Console
-) -> None:
-    groups = group_by_ensemble(todo)
-    cap = spec.resources.max_concurrent or len(groups)
-    states = {c.run_key: RunState(c, draw=spec.tracking.curves_figure) for c in todo}
-    attempts: dict[int, int] = {}
-    queue = list(enumerate(groups))
-    in_flight: dict[Any, tuple[int, list[RunConfig]]] = {}
-    with _progress(console) as progress:
-        bar = progress.add_task(escape(spec.name), total=len(todo), status="")
-        try:
-            while queue or in_flight:
-                while queue and len(in_flight) < cap:
-                    index, group = queue.pop(0)
-                    in_flight[_submit(spec, group)] = (index, group)
-                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
-                for generator in ready:
-                    index, group = in_flight.pop(generator)
-                    still_open, crash = _pump(generator, states, tracker, outcome)
-                    if still_open:
-                        in_flight[generator] = (index, group)
-                    elif crash is not None:
-                        _retry_or_fail(index, group, crash, states, attempts, spec.max_retries, queue, tracker, outcome)
-                running = sum(1 for s in states.values() if s.run_id and not s.done)
-                progress.update(bar, completed=outcome.finished + outcome.failed, status=_status(outcome, running))
-        except track.TrackingLost:
-            _cancel(in_flight)  # cannot write: leave the runs RUNNING; the next `run` marks them KILLED
-            raise
-        except KeyboardInterrupt:
-            _cancel(in_flight)
-            _abandon_running(states, tracker, "the sweep was interrupted (Ctrl-C)")
-            raise
+def prepare_checkpoints(
+    tracker: store.Tracker, spec: SweepSpec, configs: list[RunConfig], todo: list[RunConfig], *, force: bool
+) -> dict[str, tuple[bytes | None, list[str]]]:
+    """Per run to do: (the checkpoint it goes on from, or None; its runs that hold one).
+
+    A key goes on from the checkpoint of its latest interrupted attempt (`Ledger.resumable`); a
+    seed ensemble only when each of its seeds has one of the same step (else it starts over).
+    `--force` starts over. Checkpoints left on keys that have finished since (a driver killed
+    between FINISHED and deleting them) are deleted here, unless the spec keeps them."""
+    ledger = Ledger(tracker.child_runs())
+    todo_keys = {c.run_key for c in todo}
+    if not spec.checkpoint.keep:
+        for config in configs:
+            if config.run_key not in todo_keys and ledger.state(config.run_key).state == "finished":
+                for child in ledger.with_checkpoints(config.run_key):
+                    tracker.delete_checkpoint(child.run_id)
+    found: dict[str, tuple[bytes | None, list[str]]] = {}
+    for group in group_by_ensemble(todo):
+        sources = [None if force else ledger.resumable(c.run_key) for c in group]
+        same = all(sources) and len({s.checkpoint_step for s in sources}) == 1
+        for config, source in zip(group, sources, strict=True):
+            data = tracker.read_checkpoint(source.run_id) if same else None
+            found[config.run_key] = (data, [c.run_id for c in ledger.with_checkpoints(config.run_key)])
+    return found
 
 
-def _submit(spec: SweepSpec, group: list[RunConfig]) -> Any:
-    """One streaming Ray task for a seed ensemble, with the resources its width asks for."""
-    cpus, gpus = spec.resources.for_model_size(group[0].model_size)
-    task = ray.remote(train_task).options(num_returns="streaming", num_cpus=cpus, num_gpus=gpus, max_retries=0)
-    return task.remote([c.model_dump(mode="json") for c in group], gpus)
+class Driver:
+    """The driver loop of one sweep: seed ensembles submitted as streaming Ray tasks (at most
+    `max_concurrent` in flight), their events recorded by the writer as they arrive, and a
+    task whose worker died retried up to `max_retries` times, then failed."""
 
+    def __init__(self, spec: SweepSpec, tracker: store.Tracker, outcome: SweepOutcome, console: Console):
+        self.spec, self.tracker, self.outcome, self.console = spec, tracker, outcome, console
+        self.states: dict[str, RunState] = {}
+        self.attempts: dict[int, int] = {}  # per ensemble (its index in the plan): attempts so far
+        self.queue: list[tuple[int, list[RunConfig]]] = []
+        self.in_flight: dict[Any, tuple[int, list[RunConfig]]] = {}
 
-def _cancel(in_flight: dict[Any, Any]) -> None:
-    for generator in in_flight:
-        with contextlib.suppress(Exception):  # already finished, or a Ray without generator cancellation
-            ray.cancel(generator, force=True)
+    def drive(self, todo: list[RunConfig], resume: dict[str, tuple[bytes | None, list[str]]] | None = None) -> None:
+        """Run `todo`; `resume`: per run key, the checkpoint to go on from and the runs holding one."""
+        groups = group_by_ensemble(todo)
+        cap = self.spec.resources.max_concurrent or len(groups)
+        self.states = {c.run_key: RunState(c, draw=self.spec.tracking.curves_figure) for c in todo}
+        for key, (data, holders) in (resume or {}).items():
+            self.states[key].checkpoint, self.states[key].holders = data, list(holders)
+        self.queue = list(enumerate(groups))
+        with _progress(self.console) as progress:
+            bar = progress.add_task(escape(self.spec.name), total=len(todo), status="")
+            try:
+                while self.queue or self.in_flight:
+                    while self.queue and len(self.in_flight) < cap:
+                        index, group = self.queue.pop(0)
+                        self.in_flight[self.submit(group)] = (index, group)
+                    ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=1.0)
+                    for generator in ready:
+                        index, group = self.in_flight.pop(generator)
+                        still_open, crash = self.pump(generator)
+                        if still_open:
+                            self.in_flight[generator] = (index, group)
+                        elif crash is not None:
+                            self.retry_or_fail(index, group, crash)
+                    running = sum(1 for s in self.states.values() if s.run_id and not s.done)
+                    done = self.outcome.finished + self.outcome.failed
+                    progress.update(bar, completed=done, status=_status(self.outcome, running))
+            except store.TrackingLost:
+                self.cancel()  # cannot write: leave the runs RUNNING; the next `run` marks them KILLED
+                raise
+            except KeyboardInterrupt:
+                self.cancel()
+                self.abandon_running("the sweep was interrupted (Ctrl-C)")
+                raise
 
+    def submit(self, group: list[RunConfig]) -> Any:
+        """One streaming Ray task for a seed ensemble, with the resources its width asks for."""
+        cpus, gpus = self.spec.resources.for_model_size(group[0].model_size)
+        task = ray.remote(train_task).options(num_returns="streaming", num_cpus=cpus, num_gpus=gpus, max_retries=0)
+        resume = {c.run_key: self.states[c.run_key].checkpoint for c in group if self.states[c.run_key].checkpoint}
+        checkpoint = self.spec.checkpoint.model_dump(mode="json")
+        return task.remote([c.model_dump(mode="json") for c in group], gpus, checkpoint, resume)
 
-def _pump(
-    generator, states: dict[str, RunState], tracker: track.Tracker, outcome: SweepOutcome
-) -> tuple[bool, BaseException | None]:
-    """Record every event the generator has ready.
+    def cancel(self) -> None:
+        for generator in self.in_flight:
+            with contextlib.suppress(Exception):  # already finished, or a Ray without generator cancellation
+                ray.cancel(generator, force=True)
 
-    Returns (still open, crash): a generator that broke (its worker died, or
-    Ray failed it) returns the exception, so that its runs can be retried.
-    """
-    while ray.wait([generator], num_returns=1, timeout=0)[0]:
-        try:
-            ref = next(generator)
-        except StopIteration:
-            return False, None
-        try:
-            event = ray.get(ref)
-        except Exception as err:  # WorkerCrashedError, RayTaskError, ...
-            return False, err
-        _record(event, states, tracker, outcome)
-    return True, None
+    def pump(self, generator: Any) -> tuple[bool, BaseException | None]:
+        """Record every event the generator has ready.
 
+        Returns (still open, crash): a generator that broke (its worker died, or
+        Ray failed it) returns the exception, so that its runs can be retried.
+        """
+        while ray.wait([generator], num_returns=1, timeout=0)[0]:
+            try:
+                ref = next(generator)
+            except StopIteration:
+                return False, None
+            try:
+                event = ray.get(ref)
+            except Exception as err:  # WorkerCrashedError, RayTaskError, ...
+                return False, err
+            self.record(event)
+        return True, None
 
-def _record(event: dict[str, Any], states: dict[str, RunState], tracker: track.Tracker, outcome: SweepOutcome) -> None:
-    state = states[event["run_key"]]
-    now = int(time.time() * 1000)
-    kind = event["kind"]
-    if kind == "started":
-        state.run_id = tracker.start_child(state.config)
-        state.written_at = time.monotonic()
-    elif kind == "metrics":
-        state.pending.extend(event["rows"])
-        if state.draw:
-            state.rows.extend(event["rows"])
-        if time.monotonic() - state.written_at >= LIVE_SECONDS:
+    def record(self, event: dict[str, Any]) -> None:
+        tracker, outcome = self.tracker, self.outcome
+        state = self.states[event["run_key"]]
+        now = int(time.time() * 1000)
+        kind = event["kind"]
+        if kind == "started":
+            state.run_id = tracker.start_child(state.config)
+            state.written_at = time.monotonic()
+        elif kind == "metrics":
+            state.pending.extend(event["rows"])
+            if state.draw:
+                state.rows.extend(event["rows"])
+            if time.monotonic() - state.written_at >= LIVE_SECONDS:
+                state.flush(tracker)
+        elif kind == "summary":
+            figure = curves_figure(state.rows, state.config.label) if state.rows else None
+            steps = state.config.training.steps
+            tracker.finish(state.run_id, event["summary"], steps, now, rows=state.pending, figure=figure)
+            state.done, state.rows, state.pending = True, [], []
+            self.drop_checkpoints(state)
+            outcome.finished += 1
+            summary = event["summary"]  # an ensemble's seeds share one training time
+            outcome.train_seconds += summary.get("train_seconds", 0.0) / summary.get("ensemble_size", 1.0)
+        elif kind == "checkpoint":
+            self.store_checkpoint(event)
+        elif kind == "resumed":
+            tracker.tag_resumed(state.run_id, event["step"])
+            outcome.resumed += 1
+        elif kind == "failed":
             state.flush(tracker)
-    elif kind == "summary":
-        figure = curves_figure(state.rows, state.config.label) if state.rows else None
-        steps = state.config.training.steps
-        tracker.finish(state.run_id, event["summary"], steps, now, rows=state.pending, figure=figure)
-        state.done, state.rows, state.pending = True, [], []
-        outcome.finished += 1
-        summary = event["summary"]  # an ensemble's seeds share one training time
-        outcome.train_seconds += summary.get("train_seconds", 0.0) / summary.get("ensemble_size", 1.0)
-    elif kind == "failed":
-        state.flush(tracker)
-        tracker.fail(state.run_id, event["error"], event["traceback"])
-        state.done = True
-        outcome.failed += 1
-        outcome.failures.append((state.config.label, event["error"]))
-
-
-def _retry_or_fail(index, group, crash, states, attempts, max_retries, queue, tracker, outcome) -> None:
-    """A worker process died: end its unfinished runs' records, then retry or fail them."""
-    unfinished = [c for c in group if not states[c.run_key].done]
-    attempts[index] = attempts.get(index, 0) + 1
-    message = f"worker died: {type(crash).__name__}: {first_line(crash)}"
-    retry = attempts[index] <= max_retries
-    for config in unfinished:
-        state = states[config.run_key]
-        if state.run_id is None:
-            state.run_id = tracker.start_child(config)
-        state.flush(tracker)  # the dead attempt's curves stay on its record
-        state.rows = []
-        if retry:
-            tracker.abandon(state.run_id, f"{message}; retried (attempt {attempts[index] + 1})")
-            state.run_id = None
-        else:
-            tracker.fail(state.run_id, message, str(crash))
+            tracker.fail(state.run_id, event["error"], event["traceback"])
             state.done = True
             outcome.failed += 1
-            outcome.failures.append((config.label, message))
-    if retry and unfinished:
-        queue.append((index, unfinished))
+            outcome.failures.append((state.config.label, event["error"]))
 
+    def store_checkpoint(self, event: dict[str, Any]) -> None:
+        """A checkpoint (of one run, or of a whole seed ensemble): each run's rows up to its step are
+        written first, then the checkpoint, stored on each run it covers (replacing the one before),
+        and kept in memory for a retry of a dead worker."""
+        for key in event["run_keys"]:
+            state = self.states[key]
+            state.flush(self.tracker)
+            self.tracker.log_checkpoint(state.run_id, event["data"], event["step"])
+            state.checkpoint = event["data"]
+            if state.run_id not in state.holders:
+                state.holders.append(state.run_id)
+            self.outcome.checkpoints += 1
+        self.outcome.checkpoint_seconds += event.get("seconds", 0.0)
 
-def _abandon_running(states: dict[str, RunState], tracker: track.Tracker, reason: str) -> None:
-    for state in states.values():
-        if state.run_id and not state.done:
-            state.flush(tracker)
-            tracker.abandon(state.run_id, reason)
+    def drop_checkpoints(self, state: RunState) -> None:
+        """A finished run needs no checkpoint: delete those of all its key's attempts, unless kept."""
+        state.checkpoint = None
+        if not self.spec.checkpoint.keep:
+            for run_id in state.holders:
+                self.tracker.delete_checkpoint(run_id)
+            state.holders = []
+
+    def retry_or_fail(self, index: int, group: list[RunConfig], crash: BaseException) -> None:
+        """A worker process died: end its unfinished runs' records, then retry or fail them."""
+        unfinished = [c for c in group if not self.states[c.run_key].done]
+        self.attempts[index] = self.attempts.get(index, 0) + 1
+        message = f"worker died: {type(crash).__name__}: {first_line(crash)}"
+        retry = self.attempts[index] <= self.spec.max_retries
+        for config in unfinished:
+            state = self.states[config.run_key]
+            if state.run_id is None:
+                state.run_id = self.tracker.start_child(config)
+            state.flush(self.tracker)  # the dead attempt's curves stay on its record
+            state.rows = []
+            if retry:
+                self.tracker.abandon(state.run_id, f"{message}; retried (attempt {self.attempts[index] + 1})")
+                state.run_id = None
+            else:
+                self.tracker.fail(state.run_id, message, str(crash))
+                state.done = True
+                self.outcome.failed += 1
+                self.outcome.failures.append((config.label, message))
+        if retry and unfinished:
+            self.queue.append((index, unfinished))
+
+    def abandon_running(self, reason: str) -> None:
+        for state in self.states.values():
+            if state.run_id and not state.done:
+                state.flush(self.tracker)
+                self.tracker.abandon(state.run_id, reason)
 
 
 def _status(outcome: SweepOutcome, running: int) -> str:

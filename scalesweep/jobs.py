@@ -9,11 +9,10 @@ path on a filesystem the head node shares.
 
 from __future__ import annotations
 
-import os
 import shlex
 from pathlib import Path
 
-from scalesweep import track
+from scalesweep import uris
 from scalesweep.errors import UserError, first_line
 
 EXCLUDES = [".git", "mlflow.db", "mlartifacts", "reports", "*.pyc", "__pycache__", ".venv"]
@@ -22,7 +21,7 @@ EXCLUDES = [".git", "mlflow.db", "mlartifacts", "reports", "*.pyc", "__pycache__
 def submit_job(spec_path: Path, *, address: str, tracking_uri: str | None) -> str:
     """Submit `scalesweep run SPEC` as a Ray Job; returns the job id."""
     relative_spec = _inside_working_dir(spec_path)
-    uri = _job_tracking_uri(tracking_uri)
+    uri = uris.job_uri(tracking_uri)
     client = _jobs_client(address)
     package = Path(__file__).resolve().parent
     entrypoint = shlex.join(["python", "-m", "scalesweep", "run", relative_spec.as_posix(), "--tracking-uri", uri])
@@ -44,21 +43,6 @@ def _inside_working_dir(spec_path: Path) -> Path:
             f"{spec_path} is outside the working directory {Path.cwd()}, which is what a Ray Job uploads; "
             f"run `scalesweep submit` from a folder that contains the spec."
         ) from None
-
-
-def _job_tracking_uri(tracking_uri: str | None) -> str:
-    """A store the job can reach; the default sqlite file would vanish with the job's working directory."""
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri and uri.startswith(("http://", "https://")):
-        track.check_store(uri)
-        return uri
-    if uri and uri.startswith("sqlite:////"):
-        return uri
-    raise UserError(
-        f"a Ray Job runs in a temporary working directory, so its runs need a tracking store the cluster "
-        f"can reach (given: {uri or 'none'}). Pass --tracking-uri http://HOST:5000 (an `mlflow server`), "
-        f"or sqlite:////absolute/path/mlflow.db on a filesystem the head node shares."
-    )
 
 
 def _jobs_client(address: str):

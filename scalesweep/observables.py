@@ -529,21 +529,30 @@ def induction_scores(patterns: list[torch.Tensor], period: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _induction_score(history: pd.DataFrame, ctx: RunContext) -> dict[str, float]:
-    """induction_score: max over layers and heads of induction_scores on 16 sequences of
-    10 random tokens repeated 5 times (fewer repeats if the context is shorter; NaN
-    below 2 repeats, or for models without `attention_patterns`). Chance ~ 1/context."""
-    shape, period = ctx.data.shape, 10
+def induction_score_of(model: torch.nn.Module, data: Dataset) -> float:
+    """Max over layers and heads of induction_scores on 16 sequences of 10 random tokens
+    repeated 5 times (fewer repeats if the context is shorter; NaN below 2 repeats, or for
+    models without `attention_patterns`). Chance ~ 1/context."""
+    shape, period = data.shape, 10
     repeats = min(5, shape.seq_len // period)
-    if not hasattr(ctx.model, "attention_patterns") or repeats < 2 or shape.vocab < period:
-        return {"induction_score": math.nan}
-    device = ctx.data.x_test.device
-    tokens = repeated_random_tokens(shape.vocab, period, repeats, batch=16).to(device)
-    return {"induction_score": induction_scores(ctx.model.attention_patterns(tokens), period).max().item()}
+    if not hasattr(model, "attention_patterns") or repeats < 2 or shape.vocab < period:
+        return math.nan
+    tokens = repeated_random_tokens(shape.vocab, period, repeats, batch=16).to(data.x_test.device)
+    return induction_scores(model.attention_patterns(tokens), period).max().item()
+
+
+def _induction_step(ctx: EvalContext) -> dict[str, float]:
+    """At every evaluation, so that a phenomenon can ask when it forms (`first_step(induction_score > 0.3)`)."""
+    return {"induction_score": induction_score_of(ctx.model, ctx.data)}
+
+
+def _induction_score(history: pd.DataFrame, ctx: RunContext) -> dict[str, float]:
+    return {"induction_score": induction_score_of(ctx.model, ctx.data)}
 
 
 register(
     "induction_score",
+    step=_induction_step,
     summary=_induction_score,
     level="attention",
     columns=("induction_score",),

@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from scipy.optimize import nnls
@@ -36,33 +35,26 @@ class TimeEstimate:
     wall_seconds: float
 
 
-def existing_store(tracking_uri: str | None) -> str | None:
-    """The resolved URI when it holds a store already, else None (never creates one)."""
-    from scalesweep import track
-
-    uri = track.resolve_uri(tracking_uri)
-    if uri.startswith("sqlite:///"):
-        return uri if Path(uri.removeprefix("sqlite:///")).is_file() else None
-    if uri.startswith(("http://", "https://")):
-        return uri if track.server_answers(uri, timeout=2.0) else None
-    return uri
-
-
 def estimate_time(spec: SweepSpec, runs: list[RunConfig], tracking_uri: str | None) -> TimeEstimate | None:
     """Time left for the planned runs, from the finished ones (None when none has finished)."""
+    from scalesweep.uris import existing_store
+
     uri = existing_store(tracking_uri or spec.tracking.uri)
     if uri is None:
         return None
-    from scalesweep.analysis.load import runs_from_mlflow
+    from scalesweep import store
     from scalesweep.errors import UserError
+    from scalesweep.ledger import Ledger
 
     try:
-        done = runs_from_mlflow(spec.name, spec.experiment_name, uri)
+        done = store.runs_table(spec.name, spec.experiment_name, uri)
     except UserError:  # no experiment for this sweep yet
         return None
     if done.empty or "train_seconds" not in done.columns:
         return None
     by_key = {run.run_key: run for run in runs}
+    current, _ = Ledger.from_table(done).current(by_key)  # each planned key's current finished run
+    done = done[done["run_id"].isin(set(current.values()))]
     measured = [(by_key[k], s) for k, s in _per_run_seconds(done) if k in by_key]
     if not measured:
         return None

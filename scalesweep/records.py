@@ -10,8 +10,9 @@ zip has no hard links or devices; symlinks are refused. Nothing in a record is
 ever extracted to disk: every member is read into memory, after every member
 name has been checked, so a hostile archive cannot write anywhere.
 
-This module imports pandas, pyarrow and the analysis layer only. `export_sweep`
-reads a sweep back from MLflow and imports it there, inside the function.
+This module imports pandas, pyarrow and the analysis layer only; `step_series`
+reads a store's series through `store.py`, imported inside the function.
+`commands.export` reads a sweep back from the store and builds its record here.
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ from pydantic import ValidationError
 from scalesweep import safe_yaml
 from scalesweep.analysis.classify import VERDICT_COLUMNS, classify_runs
 from scalesweep.analysis.phenomena import Phenomenon
-from scalesweep.analysis.report import Study, stable_columns, write_report
+from scalesweep.analysis.report import ReportHeader, stable_columns, write_report
 from scalesweep.analysis.transformations import FACTOR, TRANSFORMATION_COLUMNS, find_pairs
-from scalesweep.errors import UserError, did_you_mean
+from scalesweep.errors import UserError, did_you_mean, safe_name
 
 FORMAT = "scalesweep-record"
 SCHEMA_VERSION = 1
@@ -146,7 +147,7 @@ def build_record(
     Pure: no MLflow, Ray or torch, so a record can be built from any runs table
     (a test's synthetic one, a CSV of published results). The verdicts and pairs
     are recomputed here rather than copied, so that they always match the runs."""
-    out = _record_path(out)
+    out = record_path(out)
     unsafe = [ph.name for ph in phenomena if not SAFE_NAME.fullmatch(ph.name)]
     if unsafe:
         raise UserError(f"phenomenon name(s) {', '.join(map(repr, unsafe))} cannot name a file of a record.")
@@ -179,7 +180,7 @@ def _member_bytes(tables: Mapping[str, Any], verdicts, pairs, phenomena, spec_te
     return members
 
 
-def _record_path(out: Path) -> Path:
+def record_path(out: Path) -> Path:
     """A record is a .zip file: refuse another name early, before any work."""
     out = Path(out)
     if out.suffix.lower() != ".zip":
@@ -587,7 +588,7 @@ def _override(path: Path, ph: Phenomenon, overrides: Mapping[str, Any]) -> Pheno
 
 def _write(record: Record, phenomena, verdicts: pd.DataFrame, out_dir: Path, axes=None) -> Path:
     counts = record.manifest["runs"]
-    study = Study(
+    header = ReportHeader(
         title=f"scalesweep report: {record.name} (record {record.path.name})",
         axes=list(axes or record.axes),
         grid=record.grid,
@@ -596,10 +597,7 @@ def _write(record: Record, phenomena, verdicts: pd.DataFrame, out_dir: Path, axe
         notes=_notes(record, verdicts),
         failed_runs=_failed(record.runs),
     )
-    try:
-        return write_report(out_dir, study, record.runs, list(phenomena), verdicts)
-    except OSError as err:
-        raise UserError(f"cannot write the report to {out_dir} ({err.strerror or err}); pass another --out.") from None
+    return write_report(out_dir, header, record.runs, list(phenomena), verdicts)
 
 
 def _failed(runs: pd.DataFrame) -> list[tuple[str, str]]:
@@ -638,8 +636,8 @@ def _agreement(stored: pd.DataFrame, now: pd.DataFrame) -> tuple[int, int] | Non
 
 
 def _slug(name: str) -> str:
-    """As `track.slug` (the folder `report SPEC` writes to), without importing MLflow."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip(".") or "record"
+    """The folder `report RECORD` writes to: as `report SPEC`'s, never empty or dots only."""
+    return safe_name(name).strip(".") or "record"
 
 
 # ---------------------------------------------------------------- compare two records
@@ -787,48 +785,7 @@ def _cell(value: Any) -> str:
 # ---------------------------------------------------------------- export a sweep (MLflow, lazily)
 
 
-def export_sweep(
-    spec,
-    tracking_uri: str | None = None,
-    out: Path | None = None,
-    with_series: bool = True,
-    cite: str | None = None,
-    license: str | None = None,
-) -> Path:
-    """`scalesweep export SPEC`: the sweep's runs read back from MLflow, written as a record.
-
-    The runs table and the failed runs come from `study.sweep_runs` (the report's own
-    reader), so a record holds exactly the runs `scalesweep report` classifies."""
-    from scalesweep import study, track
-    from scalesweep.plan import plan
-
-    out = _record_path(out or Path("records") / f"{track.slug(spec.name)}.zip")
-    uri = track.require_store(tracking_uri or spec.tracking.uri)
-    finished, failed = study.sweep_runs(spec, uri)
-    runs = pd.concat([finished, failed], ignore_index=True) if len(failed) else finished
-    axes, grid = study.study_axes(spec)
-    series, note = (
-        step_series(track.client_for(uri, create=False), runs) if with_series else (None, "left out (--no-series)")
-    )
-    return build_record(
-        out,
-        runs,
-        study.load_phenomena(spec),
-        axes,
-        grid,
-        name=spec.name,
-        spec_text=yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False),
-        run_keys=_planned_keys(plan(spec), finished, failed),
-        series=series,
-        series_note=note,
-        description=spec.description or "",
-        cite=cite,
-        license=license,
-        packages=package_versions(("mlflow", "ray", "torch")),  # the packages that made the runs
-    )
-
-
-def _planned_keys(configs, finished: pd.DataFrame, failed: pd.DataFrame) -> pd.DataFrame:
+def planned_keys(configs, finished: pd.DataFrame, failed: pd.DataFrame) -> pd.DataFrame:
     """Every planned run key with its label and state: finished, failed, or missing (never run)."""
     done, bad = set(finished["run_key"].astype(str)), set(failed["run_key"].astype(str)) if len(failed) else set()
     rows = [
@@ -841,17 +798,17 @@ def _planned_keys(configs, finished: pd.DataFrame, failed: pd.DataFrame) -> pd.D
 def step_series(client, runs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """Every metric logged at more than one step (the step series; summaries are logged once and
     are already in the runs table), long format. A SQL store is read in one query per
-    `track.SERIES_CHUNK` runs; a tracking server, which has no bulk read, one request per run and metric."""
-    from scalesweep import track
+    `store.SERIES_CHUNK` runs; a tracking server, which has no bulk read, one request per run and metric."""
+    from scalesweep import store
 
     ids = dict(zip(runs["run_id"].astype(str), runs["run_key"].astype(str), strict=True))
-    bulk = track.reads_in_bulk(client)
+    bulk = store.reads_in_bulk(client)
     how = (
         "read from the SQL store in one query"
         if bulk
         else "read from the tracking server, one request per run and metric"
     )
-    frame = pd.DataFrame(track.read_metric_histories(client, list(ids)), columns=["run_id", "metric", "step", "value"])
+    frame = pd.DataFrame(store.read_metric_histories(client, list(ids)), columns=["run_id", "metric", "step", "value"])
     frame["run_key"] = frame["run_id"].map(ids)
     per_run = frame.groupby(["run_id", "metric"]).size()
     series_keys = per_run[per_run > 1].index.get_level_values("metric").unique()

@@ -44,10 +44,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from scalesweep.analysis import classify
 from scalesweep.analysis.phenomena import Phenomenon, evaluate
 from scalesweep.analysis.slices import slices
-from scalesweep.plan import _refined, plan
+from scalesweep.plan import plan, refined_run
 from scalesweep.spec import RefinePoint, SweepSpec, read_refinements, refine_path
 
 BEYOND = 4.0  # an extrapolated vanishing point at most this factor past the largest point is "just outside"
@@ -179,13 +178,12 @@ def _plain(value: Any) -> Any:
 
 def _within_budget(spec: SweepSpec, proposals: list[Proposal], budget: int) -> list[Proposal]:
     """Keep proposals in priority order, each trimmed to runs not yet planned or proposed."""
-    base = spec.model_dump(mode="json", exclude={"design", "refinements"})
     seen = {run.run_key for run in plan(spec)}
     kept = []
     for proposal in proposals:
         fresh = []
         for point in proposal.points:
-            key = _refined(spec, base, point).run_key
+            key = refined_run(spec, point).run_key
             if key not in seen and len(fresh) < budget:
                 seen.add(key)
                 fresh.append(point)
@@ -195,20 +193,7 @@ def _within_budget(spec: SweepSpec, proposals: list[Proposal], budget: int) -> l
     return kept
 
 
-# ---------------------------------------------------------------- reading verdicts, recording points
-
-
-def current_verdicts(
-    spec: SweepSpec, tracking_uri: str | None
-) -> tuple[pd.DataFrame, pd.DataFrame, list[Phenomenon], list[str], list[str]]:
-    """The sweep's finished runs and their verdicts, as `scalesweep report` computes them."""
-    from scalesweep.study import load_phenomena, study_axes, sweep_runs
-
-    runs, _ = sweep_runs(spec, tracking_uri or spec.tracking.uri)
-    phenomena = load_phenomena(spec)
-    axes, grid = study_axes(spec)
-    verdicts = classify.classify_runs(runs, phenomena, axes=axes, grid=grid, seed="seed", n_boot=0)
-    return runs, verdicts, phenomena, axes, grid
+# ---------------------------------------------------------------- recording points
 
 
 def record(spec_path: Path, proposals: list[Proposal]) -> Path:

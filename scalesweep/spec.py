@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from scalesweep import safe_yaml
 from scalesweep.errors import UserError, did_you_mean
+from scalesweep.uris import local_path
 
 MAX_RUNS_WITHOUT_CONFIRM = 10_000
 MAX_RUNS = 10**9
@@ -140,7 +141,7 @@ class ResourcesSpec(StrictModel):
 class DesignSpec(StrictModel):
     """How scale points are chosen. `grid` (default): every model_size x data_size.
     `isoflop` (Hoffmann et al. 2022, approach 2): per compute budget C in FLOPs, every
-    model size trained on C / (6 n_params) examples; `scalesweep/isoflop.py` says how."""
+    model size trained on C / (6 n_params) examples; `scalesweep/plan/designs.py` says how."""
 
     kind: Literal["grid", "isoflop"] = "grid"
     budgets: list[float] = Field(default_factory=list, description="compute budgets C in FLOPs (isoflop only)")
@@ -181,10 +182,25 @@ class TrackingSpec(StrictModel):
     @classmethod
     def _local_store_inside(cls, uri: str | None) -> str | None:
         if uri is not None:
-            local = _local_path_of_uri(uri)
+            local = local_path(uri)
             if local is not None:
-                check_inside_workdir(local, "tracking.uri")
+                check_inside_workdir(local)
         return uri
+
+
+class CheckpointSpec(StrictModel):
+    """When a long run saves a checkpoint to resume from after its driver or worker dies.
+
+    Not part of the run key (it is not in `RunConfig`): a checkpoint changes where a
+    killed run restarts, never what it computes. Checkpoints are taken at evaluation
+    steps only, so that the rows up to one are all recorded with it."""
+
+    enabled: bool = True
+    after_seconds: float = Field(
+        default=60.0, ge=0, le=10**7, description="first checkpoint once a run has trained this long"
+    )
+    every_seconds: float = Field(default=60.0, ge=0, le=10**7, description="then one at most this often")
+    keep: bool = Field(default=False, description="keep the checkpoints of finished runs (else deleted)")
 
 
 # Cheap enough to run on every sweep; each is NaN where the model lacks what it reads
@@ -217,6 +233,7 @@ class SweepSpec(StrictModel):
     resources: ResourcesSpec = ResourcesSpec()
     tracking: TrackingSpec = TrackingSpec()
     max_retries: int = Field(default=1, ge=0, le=20)
+    checkpoint: CheckpointSpec = CheckpointSpec()
     design: DesignSpec = DesignSpec()
     refinements: list[RefinePoint] = Field(default_factory=list, description="runs added by `scalesweep refine`")
 
@@ -273,7 +290,7 @@ class SweepSpec(StrictModel):
         for ref in refs:
             name = ref if isinstance(ref, str) else ref.name
             if name.endswith((".yaml", ".yml")) or "/" in name or "\\" in name:
-                check_inside_workdir(name, "phenomena")
+                check_inside_workdir(name)
         return refs
 
     @field_validator("grid")
@@ -310,9 +327,6 @@ class SweepSpec(StrictModel):
     @property
     def experiment_name(self) -> str:
         return self.tracking.experiment or f"scalesweep/{self.name}"
-
-
-GRID_ROOTS = {"training": TrainingSpec, "task.params": None, "model.params": None}
 
 
 def _check_grid_path(path: str) -> None:
@@ -359,18 +373,7 @@ def _check_grid_value(spec: SweepSpec, path: str, value: Any) -> None:
     _validate_params(model, {**params, leaf: value}, f'grid dimension "{path}": {owner}')
 
 
-def _local_path_of_uri(uri: str) -> str | None:
-    """The file path a tracking URI writes to (sqlite:///, file:, a bare path), or None for a server."""
-    if uri.startswith("sqlite:///"):
-        return uri.removeprefix("sqlite:///")
-    if uri.startswith("file://"):
-        return uri.removeprefix("file://")
-    if uri.startswith("file:"):
-        return uri.removeprefix("file:")
-    return None if re.match(r"[A-Za-z][\w+.-]*://", uri) else uri
-
-
-def check_inside_workdir(path: str, field: str) -> None:
+def check_inside_workdir(path: str) -> None:
     """A relative path in a spec must stay inside the working directory; absolute paths are explicit."""
     if Path(path).is_absolute():
         return

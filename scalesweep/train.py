@@ -7,7 +7,13 @@ Events are dicts with a `run_key` and a `kind`:
 - `metrics`: `rows`, a list of `{"step": s, column: value, ...}` (buffered,
   flushed about every `FLUSH_SECONDS` so that tracking stays cheap);
 - `summary`: `summary`, the run's scalars; the run finished;
-- `failed`: `error` and `traceback`; the run raised.
+- `failed`: `error` and `traceback`; the run raised;
+- `checkpoint`: `run_keys`, `step`, `data` (the bytes of `torch.save`) and `seconds` (the time it
+  took): all a run (or a whole seed ensemble) needs to go on from `step`, sent right after the rows
+  up to `step` were flushed, so the rows not yet sent are none (see `CheckpointSpec`);
+- `resumed`: `step`; the run goes on from a checkpoint taken there, and its next `metrics` event
+  holds the rows up to that step again (from the checkpoint), so that the new attempt's record has
+  the whole history once.
 
 A NaN or infinite loss is not a failure: the run stops, and its summary says
 `diverged = 1`, because instability is a phenomenon too.
@@ -24,6 +30,7 @@ gradient of the summed per-seed losses is each seed's own gradient.
 from __future__ import annotations
 
 import copy
+import io
 import math
 import time
 import traceback
@@ -36,7 +43,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from scalesweep import observables as obs
 from scalesweep.plan import RunConfig, group_by_ensemble
-from scalesweep.spec import TrainingSpec
+from scalesweep.spec import CheckpointSpec, TrainingSpec
 from scalesweep.zoo import FAMILIES, TASKS, Dataset
 from scalesweep.zoo.base import loss_fn_for
 
@@ -44,6 +51,7 @@ __all__ = ["build", "loss_fn_for", "n_params", "pick_device", "train_one", "trai
 
 Event = dict[str, Any]
 FLUSH_SECONDS = 2.0  # live curves every ~2 s; each flush is one MLflow write on the driver
+CHECKPOINT_FORMAT = 1  # a checkpoint of another format (or kind, or runs) is ignored: the run starts over
 
 
 class InjectedFailure(RuntimeError):
@@ -91,21 +99,34 @@ def make_optimizer(
         return kind(params, lr=t.lr, weight_decay=t.weight_decay)
 
 
-def train_runs(configs: list[RunConfig], gpus_per_run: float = 0.0) -> Iterator[Event]:
-    """Train runs; those that differ only in seed train together as a vectorised ensemble."""
+def train_runs(
+    configs: list[RunConfig],
+    gpus_per_run: float = 0.0,
+    checkpoint: CheckpointSpec | None = None,
+    resume: dict[str, bytes] | None = None,
+) -> Iterator[Event]:
+    """Train runs; those that differ only in seed train together as a vectorised ensemble.
+    `checkpoint` says when to yield checkpoints (None: never); `resume` maps a run key to the
+    checkpoint it goes on from (one that does not fit its run is ignored: it starts over)."""
     device = pick_device(gpus_per_run)
+    resume = resume or {}
     for group in group_by_ensemble(configs):
         if len(group) >= 2:
-            yield from train_ensemble(group, device)
+            yield from train_ensemble(group, device, checkpoint, resume)
         else:
-            yield from train_one(group[0], device)
+            yield from train_one(group[0], device, checkpoint, resume.get(group[0].run_key))
 
 
-def train_one(config: RunConfig, device: torch.device | None = None) -> Iterator[Event]:
+def train_one(
+    config: RunConfig,
+    device: torch.device | None = None,
+    checkpoint: CheckpointSpec | None = None,
+    resume: bytes | None = None,
+) -> Iterator[Event]:
     """Train one run, yielding metrics events, then a summary or a failure."""
     key = config.run_key
     try:
-        yield from _train(config, device or torch.device("cpu"))
+        yield from _train(config, device or torch.device("cpu"), checkpoint, resume)
     except Exception as err:  # a crashing run is recorded, and the sweep goes on
         yield _failed(key, err)
 
@@ -122,20 +143,34 @@ def _failed(key: str, err: Exception) -> Event:
 class Recorder:
     """One run's measurements: init stats, evaluation rows (flushed as events), summary."""
 
-    def __init__(self, config: RunConfig, model: torch.nn.Module, data: Dataset, started: float):
+    def __init__(
+        self, config: RunConfig, model: torch.nn.Module, data: Dataset, started: float, saved: dict | None = None
+    ):
+        """`saved`: the recorder's `state()` from a checkpoint; else the at-init parts measure `model`."""
         self.config, self.model, self.data, self.started = config, model, data, started
         self.key = config.run_key
         self.loss_fn = loss_fn_for(data)
         self.observables = obs.resolve(config.observables)
-        self.history: list[dict[str, float]] = []
+        self.history: list[dict[str, float]] = list(saved["history"]) if saved else []
         self.buffer: list[dict[str, float]] = []
         self.last_flush = time.perf_counter()
         self.diverged = False
-        self.init_stats: dict[str, float] = {}
-        for observable in self.observables:
+        self.init_stats: dict[str, Any] = dict(saved["init_stats"]) if saved else {}
+        for observable in self.observables if saved is None else ():
             if observable.at_init is not None:
                 with torch.no_grad():
                     self.init_stats.update(observable.at_init(model, data))
+
+    def state(self) -> dict[str, Any]:
+        """What the summaries depend on besides the model: every row so far (fit_steps' first
+        steps, loss spikes, ...) and what the at-init parts measured (initial weights, RMS)."""
+        return {"history": list(self.history), "init_stats": dict(self.init_stats)}
+
+    def resumed(self, step: int) -> list[Event]:
+        """Going on from a checkpoint at `step`: say so, and send the rows up to it again, for
+        the new attempt's record (the killed attempt's rows stay on its own record)."""
+        rows = {"run_key": self.key, "kind": "metrics", "rows": list(self.history)}
+        return [{"run_key": self.key, "kind": "resumed", "step": step}, rows]
 
     def evaluate(
         self, step: int, grad_norm: float, outputs: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -178,17 +213,30 @@ def _is_eval_step(step: int, t: TrainingSpec) -> bool:
     return step % t.eval_every == 0 or step == t.steps
 
 
-def _train(config: RunConfig, device: torch.device) -> Iterator[Event]:
+def _train(
+    config: RunConfig, device: torch.device, checkpoint: CheckpointSpec | None = None, resume: bytes | None = None
+) -> Iterator[Event]:
     started = time.perf_counter()
     t = config.training
     model, data = build(config, device)
-    recorder = Recorder(config, model, data, started)
+    saved = load_checkpoint(resume, "run", [config.run_key], device)
+    recorder = Recorder(config, model, data, started, saved["recorders"][0] if saved else None)
     optimizer = make_optimizer(model.named_parameters(), lr_multipliers(model, t.optimizer), t)
     generator = torch.Generator(device=device).manual_seed(config.seed)
+    start = 0
+    if saved:
+        model.load_state_dict(saved["model"])
+        start = _restore(saved, optimizer, [generator], [recorder])
+        yield from recorder.resumed(start)
+    saver = Checkpointer(checkpoint, resumed=saved is not None)
     grad_norm = math.nan
-    for step in range(t.steps + 1):
-        if _is_eval_step(step, t):
+    for step in range(start, t.steps + 1):
+        if _is_eval_step(step, t) and not (saved and step == start):  # a resumed run has that row
             yield from recorder.evaluate(step, grad_norm)
+            if step < t.steps and not recorder.diverged and saver.due():
+                yield from recorder.flush()
+                parts = {"model": model.state_dict()}
+                yield saver.event([config.run_key], step, parts, optimizer, [generator], [recorder])
         if step == t.steps or recorder.diverged:
             break
         if t.fail_at_step is not None and step == t.fail_at_step:
@@ -196,6 +244,85 @@ def _train(config: RunConfig, device: torch.device) -> Iterator[Event]:
         want_norm = _is_eval_step(step + 1, t)
         grad_norm = _train_step(model, data, recorder.loss_fn, optimizer, t.batch_size, generator, want_norm)
     yield from recorder.finish()
+
+
+class Checkpointer:
+    """When a run yields a checkpoint: once it has trained `after_seconds` (so short runs never
+    pay for one), then at most every `every_seconds`; always at an evaluation step, never the
+    last. A resumed run waits `every_seconds` before its next one."""
+
+    def __init__(self, spec: CheckpointSpec | None, resumed: bool = False):
+        self.every = spec.every_seconds if spec is not None else math.inf
+        wait = math.inf if spec is None or not spec.enabled else spec.every_seconds if resumed else spec.after_seconds
+        self.next_at = time.perf_counter() + wait
+
+    def due(self) -> bool:
+        now = time.perf_counter()
+        if now < self.next_at:
+            return False
+        self.next_at = now + self.every
+        return True
+
+    def event(
+        self,
+        keys: list[str],
+        step: int,
+        parts: dict[str, Any],
+        optimizer: torch.optim.Optimizer,
+        generators: list[torch.Generator],
+        recorders: list[Recorder],
+    ) -> Event:
+        """The `checkpoint` event: `parts` (the model's tensors) with the optimiser, the minibatch
+        streams, the global RNG, the step, the time trained so far and each recorder's state."""
+        began = time.perf_counter()
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "kind": "ensemble" if len(recorders) > 1 else "run",
+            "run_keys": keys,
+            "step": step,
+            "elapsed": began - recorders[0].started,
+            "optimizer": optimizer.state_dict(),
+            "generators": [g.get_state() for g in generators],
+            "rng": torch.get_rng_state(),
+            "recorders": [r.state() for r in recorders],
+            **parts,
+        }
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        seconds = time.perf_counter() - began
+        return {
+            "run_key": keys[0],
+            "kind": "checkpoint",
+            "run_keys": keys,
+            "step": step,
+            "data": buffer.getvalue(),
+            "seconds": seconds,
+        }
+
+
+def load_checkpoint(data: bytes | None, kind: str, keys: list[str], device: torch.device) -> dict[str, Any] | None:
+    """A checkpoint's contents, or None when there is none or it is not one of these runs (another
+    format, kind or set of runs; unreadable bytes): then the runs start over, which is always right.
+    Read with `weights_only` (tensors and plain values only): the bytes come from the store."""
+    if not data:
+        return None
+    try:
+        state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+    except Exception:
+        return None
+    fits = isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT and state.get("kind") == kind
+    return state if fits and state.get("run_keys") == keys else None
+
+
+def _restore(saved: dict[str, Any], optimizer, generators: list[torch.Generator], recorders: list[Recorder]) -> int:
+    """Put back what the model's tensors do not hold; returns the step to go on from."""
+    optimizer.load_state_dict(saved["optimizer"])
+    for generator, state in zip(generators, saved["generators"], strict=True):
+        generator.set_state(state.cpu())
+    torch.set_rng_state(saved["rng"].cpu())
+    for recorder in recorders:
+        recorder.started -= saved["elapsed"]  # train_seconds counts the killed attempt's training too
+    return int(saved["step"])
 
 
 def _minibatch_index(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> torch.Tensor | None:
@@ -281,10 +408,17 @@ class Ensemble:
         return total.sqrt().tolist()
 
 
-def train_ensemble(configs: list[RunConfig], device: torch.device) -> Iterator[Event]:
+def train_ensemble(
+    configs: list[RunConfig],
+    device: torch.device,
+    checkpoint: CheckpointSpec | None = None,
+    resume: dict[str, bytes] | None = None,
+) -> Iterator[Event]:
     """Train runs that differ only in seed as one vectorised ensemble; fall back to one
     after the other when they cannot be stacked. An exception fails every run of the
-    ensemble that has not finished yet; a diverging seed finishes alone."""
+    ensemble that has not finished yet; a diverging seed finishes alone. `resume`: run key ->
+    checkpoint; the ensemble goes on from one only when every seed holds the same one."""
+    resume = resume or {}
     started = time.perf_counter()
     try:
         built = [build(config, device) for config in configs]
@@ -294,11 +428,13 @@ def train_ensemble(configs: list[RunConfig], device: torch.device) -> Iterator[E
         return
     if not _can_stack(built, configs[0]):
         for config in configs:
-            yield from train_one(config, device)
+            yield from train_one(config, device, checkpoint, resume.get(config.run_key))
         return
+    blobs = {resume.get(c.run_key) for c in configs}
+    blob = blobs.pop() if len(blobs) == 1 else None
     finished: set[str] = set()
     try:
-        for event in _train_ensemble(configs, built, device, started):
+        for event in _train_ensemble(configs, built, device, started, checkpoint, blob):
             if event["kind"] == "summary":
                 finished.add(event["run_key"])
             yield event
@@ -325,22 +461,41 @@ def _can_stack(built: list[tuple[torch.nn.Module, Dataset]], config: RunConfig) 
     return True
 
 
-def _train_ensemble(configs: list[RunConfig], built, device: torch.device, started: float) -> Iterator[Event]:
+def _train_ensemble(
+    configs: list[RunConfig],
+    built,
+    device: torch.device,
+    started: float,
+    checkpoint: CheckpointSpec | None = None,
+    resume: bytes | None = None,
+) -> Iterator[Event]:
     t = configs[0].training
+    keys = [c.run_key for c in configs]
     models, datas = [m for m, _ in built], [d for _, d in built]
-    recorders = [Recorder(c, m, d, started) for c, (m, d) in zip(configs, built, strict=True)]
+    saved = load_checkpoint(resume, "ensemble", keys, device)
+    states = saved["recorders"] if saved else [None] * len(configs)
+    recorders = [Recorder(c, m, d, started, s) for c, (m, d), s in zip(configs, built, states, strict=True)]
     ensemble = Ensemble(models)
     loss_fn = recorders[0].loss_fn
     multipliers = lr_multipliers(models[0], t.optimizer)
     optimizer = make_optimizer(ensemble.params.items(), multipliers, t)
     generators = [torch.Generator(device=device).manual_seed(c.seed) for c in configs]
+    start = 0
+    if saved:
+        with torch.no_grad():  # in place: each seed's module holds views of these tensors
+            for name, tensor in [*ensemble.params.items(), *ensemble.buffers.items()]:
+                tensor.copy_(saved["stacked"][name])
+        start = _restore(saved, optimizer, generators, recorders)
+        for recorder in recorders:
+            yield from recorder.resumed(start)
+    saver = Checkpointer(checkpoint, resumed=saved is not None)
     x_train, y_train = torch.stack([d.x_train for d in datas]), torch.stack([d.y_train for d in datas])
     x_test = torch.stack([d.x_test for d in datas])
     seeds = torch.arange(len(configs), device=device)[:, None]
     active = list(range(len(configs)))
     grad_norms = [math.nan] * len(configs)
-    for step in range(t.steps + 1):
-        if _is_eval_step(step, t):
+    for step in range(start, t.steps + 1):
+        if _is_eval_step(step, t) and not (saved and step == start):  # a resumed ensemble has that row
             with torch.no_grad():
                 train_out, test_out = ensemble(x_train), ensemble(x_test)
             for i in list(active):
@@ -348,6 +503,13 @@ def _train_ensemble(configs: list[RunConfig], built, device: torch.device, start
                 if recorders[i].diverged:  # it stops here, as it would alone; the others go on
                     active.remove(i)
                     yield from recorders[i].finish(ensemble_size=float(len(configs)))
+            # Only while every seed trains: a checkpoint is of the whole stack, and a finished seed
+            # is not run again, so the ensemble that would resume differs from the one saved.
+            if step < t.steps and len(active) == len(configs) and saver.due():
+                for recorder in recorders:
+                    yield from recorder.flush()
+                stacked = {n: v.detach() for n, v in [*ensemble.params.items(), *ensemble.buffers.items()]}
+                yield saver.event(keys, step, {"stacked": stacked}, optimizer, generators, recorders)
         if step == t.steps or not active:
             break
         if t.fail_at_step is not None and step == t.fail_at_step:

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from scalesweep.analysis import fits
-from scalesweep.analysis.commands import fit_command
 from scalesweep.cli import app
+from scalesweep.commands import fit_command
 from scalesweep.errors import UserError
 
 pytestmark = pytest.mark.slow  # hypothesis runs hundreds of fits and classifications

@@ -50,8 +50,8 @@ def test_too_few_points():
 
 
 def test_commands_give_clear_errors(tmp_path):
-    from scalesweep.analysis.commands import fit_command
     from scalesweep.analysis.table import classify_table
+    from scalesweep.commands import fit_command
 
     table = tmp_path / "t.csv"
     table.write_text("size,loss\n1,3\n10,2\n100,1.5\n1000,1.2\n")

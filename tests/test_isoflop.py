@@ -7,12 +7,13 @@ import pandas as pd
 import pytest
 
 from scalesweep.analysis.isoflop import fit_exponents, isoflop_optima
+from scalesweep.commands import isoflop_study
 from scalesweep.errors import UserError
-from scalesweep.isoflop import TOLERANCE, config_n_params
 from scalesweep.plan import plan
+from scalesweep.plan.compute import config_n_params
+from scalesweep.plan.designs import TOLERANCE
 from scalesweep.preview import fit_rate
 from scalesweep.spec import parse_spec
-from scalesweep.study import isoflop_study
 from tests.conftest import TINY_SPEC, cli, write_spec
 
 ISOFLOP_SPEC = """
@@ -143,12 +144,13 @@ def test_isoflop_analysis_of_a_grid_sweep_says_what_design_it_needs():
 def test_isoflop_study_reads_only_the_current_runs_of_the_spec(monkeypatch):
     """After `run --force` (a key finished twice) or an edited spec (keys of another plan),
     only the latest finished run of each planned key enters the fit (issue 15's bug)."""
-    import scalesweep.study as study
+    from scalesweep import commands, store, uris
 
     spec = parse_spec(ISOFLOP_SPEC)
     configs = plan(spec)
     good = pd.DataFrame(
         dict(
+            run_id=[f"good-{i}" for i in range(len(configs))],  # the store's table always has run ids
             run_key=[c.run_key for c in configs],
             status="FINISHED",
             start_time=1,
@@ -157,12 +159,13 @@ def test_isoflop_study_reads_only_the_current_runs_of_the_spec(monkeypatch):
         )
     )
     good["final_test_loss"] = (np.log(good["n_params"]) - np.log(good["budget"]) / 8) ** 2 + 0.01 * good.index
-    stale = good.assign(run_key="stale-" + good["run_key"], final_test_loss=0.0)  # another spec's runs
-    forced = good.assign(start_time=0, final_test_loss=good["final_test_loss"] + 100.0)  # superseded by `good`
-    monkeypatch.setattr(study.track, "require_store", lambda uri: uri)
-    monkeypatch.setattr(study, "runs_from_mlflow", lambda *a, **k: pd.concat([stale, forced, good]))
+    # another spec's runs, and a `run --force` superseded by `good` (started before it):
+    stale = good.assign(run_id="stale-" + good["run_id"], run_key="stale-" + good["run_key"], final_test_loss=0.0)
+    forced = good.assign(run_id="forced-" + good["run_id"], start_time=0, final_test_loss=good["final_test_loss"] + 100)
+    monkeypatch.setattr(uris, "require_store", lambda uri: uri)
+    monkeypatch.setattr(store, "runs_table", lambda *a, **k: pd.concat([stale, forced, good]))
     optima, _ = isoflop_study(spec, n_boot=20)
-    expected, _ = isoflop_optima(study.with_compute(good, spec), n_boot=20)
+    expected, _ = isoflop_optima(commands.with_compute(good, spec), n_boot=20)
     assert np.allclose(optima["n_opt"], expected["n_opt"])
 
 

@@ -366,3 +366,12 @@ def test_validate_refuses_an_observable_that_does_not_apply_and_names_what_would
         spec_with("loss, accuracy, fit_steps, fourier_sparsity", parity)
     default = parse_spec(quickstart.replace(listed + "\n", ""), "q.yaml")  # the default list is never refused
     assert "induction_score" in default.observables
+
+
+def test_the_induction_score_is_logged_at_every_evaluation_and_ends_at_its_summary():
+    config = run("in_context", {"vocab": 16, "seq_len": 20, "span": 4, "n_test": 8}, "transformer", {"n_heads": 2}, 8)
+    history, summary = train_to_result(config)
+    assert list(history["step"]) == [0, 3, 6]
+    scores = history["induction_score"].to_numpy()
+    assert np.isfinite(scores).all() and ((scores >= 0) & (scores <= 1)).all()
+    assert scores[-1] == pytest.approx(summary["induction_score"])  # the final model, measured the same way

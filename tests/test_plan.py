@@ -120,7 +120,8 @@ def test_run_warns_before_running_and_goes_on(workdir, monkeypatch, empty_store)
     console, driven = Console(record=True, width=300), []
     monkeypatch.setattr(cluster, "connect", lambda address=None: None)
     monkeypatch.setattr(cluster, "check_fits", lambda requests: None)
-    monkeypatch.setattr(execute, "_drive", lambda spec, todo, *rest: driven.append((len(todo), console.export_text())))
+    record = lambda self, todo, *rest: driven.append((len(todo), console.export_text()))  # noqa: E731
+    monkeypatch.setattr(execute.Driver, "drive", record)
     spec = parse_spec(fast_spec("short"))
     execute.run_sweep(spec, tracking_uri=fresh_store(workdir, empty_store), console=console)
     ((n_todo, said_before_running),) = driven  # the sweep went on

@@ -19,9 +19,9 @@ import pytest
 
 from scalesweep.analysis import fits
 from scalesweep.analysis.classify import classify_runs, log_bins
-from scalesweep.analysis.commands import fit_command
 from scalesweep.analysis.phenomena import Phenomenon, load_phenomenon
 from scalesweep.analysis.table import classify_table
+from scalesweep.commands import fit_command
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CHIN = DATA / "chinchilla_hoffmann2022_fig4_epoch_extracted.csv"

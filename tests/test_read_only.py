@@ -1,6 +1,6 @@
 """Commands that only read never create a tracking store.
 
-Before `track.require_store`, `scalesweep report` and `scalesweep status` in a folder without a
+Before `uris.require_store`, `scalesweep report` and `scalesweep status` in a folder without a
 store created an empty `mlflow.db` there (status then listed every run as missing, exit 0).
 Now they say that there is no store and where they looked (one paragraph, exit 2), and leave
 the folder as it was.
@@ -11,8 +11,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from scalesweep import track
-from scalesweep.analysis.load import runs_from_mlflow
+from scalesweep import store
 from scalesweep.cli import app
 from scalesweep.errors import UserError
 from tests.conftest import write_spec
@@ -47,14 +46,14 @@ def test_the_store_named_by_the_option_or_the_environment_is_the_one_reported(wo
 
 def test_reading_functions_never_create_a_store(workdir):
     with pytest.raises(UserError, match="no MLflow store"):
-        runs_from_mlflow("tiny", "scalesweep/tiny")
+        store.runs_table("tiny", "scalesweep/tiny")
     with pytest.raises(UserError, match="no MLflow store"):
-        track.client_for(create=False)
+        store.client_for(create=False)
     assert not (workdir / "mlflow.db").exists()
 
 
 def test_an_existing_store_is_read(workdir, tiny_spec_text):
     spec = write_spec(workdir, tiny_spec_text)
-    track.ensure_experiment(track.client_for(), "scalesweep/tiny")  # a writer creates it
+    store.ensure_experiment(store.client_for(), "scalesweep/tiny")  # a writer creates it
     result = invoke("status", str(spec))
     assert result.exit_code == 0 and "18 missing" in result.output

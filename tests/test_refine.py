@@ -145,3 +145,8 @@ def test_refine_end_to_end_through_the_cli(workdir, empty_store, ray_cluster):
     assert " 0 missing" in status.stdout and " 0 failed" in status.stdout  # the added runs ran and finished
     again = cli("run", str(spec_path), cwd=workdir)  # the original spec: the added runs are neither lost nor redone
     assert again.returncode == 0 and "all 8 runs" in again.stderr + again.stdout
+    # A phenomenon over the runs' step series: refine reads the series back as report does
+    write_spec(workdir, "description: the best test accuracy of a run\nstrength: series_max(test_acc)\n", "peak.yaml")
+    spec_path.write_text(spec_path.read_text().replace("phenomena: [noise.yaml]", "phenomena: [noise.yaml, peak.yaml]"))
+    stepped = cli("refine", str(spec_path), "--budget", "2", "--dry-run", cwd=workdir)
+    assert stepped.returncode == 0, stepped.stdout + stepped.stderr

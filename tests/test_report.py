@@ -20,7 +20,7 @@ from PIL import Image
 from scalesweep.analysis.advice import advice
 from scalesweep.analysis.classify import VERDICT_COLUMNS, classify_runs
 from scalesweep.analysis.phenomena import Phenomenon, load_phenomenon
-from scalesweep.analysis.report import Study, in_words, write_report
+from scalesweep.analysis.report import ReportHeader, in_words, write_report
 
 AXES = ["model_size", "data_size"]
 EVIL = "<script>alert(1)</script>"
@@ -29,7 +29,7 @@ EVIL = "<script>alert(1)</script>"
 def synthetic_runs(
     model_sizes=(8, 16, 32, 64), data_sizes=(100, 400, 1600), seeds=3, name="syn", rng=0
 ) -> pd.DataFrame:
-    """A tidy runs table shaped like `runs_from_mlflow`'s: the generalization gap
+    """A tidy runs table shaped like `store.runs_table`'s: the generalization gap
     shrinks with data, and the grokking phase goes memorization -> grokking ->
     comprehension as data grows."""
     gen = np.random.default_rng(rng)
@@ -61,7 +61,7 @@ def synthetic_runs(
 
 def build_report(out: Path, runs: pd.DataFrame, phenomena: list[Phenomenon], **study) -> tuple[str, pd.DataFrame]:
     verdicts = classify_runs(runs, phenomena, axes=AXES, grid=[], seed="seed", n_boot=20)
-    study = Study(**({"title": "syn", "axes": AXES, "runs_finished": len(runs)} | study))
+    study = ReportHeader(**({"title": "syn", "axes": AXES, "runs_finished": len(runs)} | study))
     path = write_report(out, study, runs, phenomena, verdicts)
     return path.read_text(encoding="utf-8"), verdicts
 
@@ -233,7 +233,9 @@ def test_spec_and_run_strings_are_escaped(tmp_path):
     runs.loc[runs["seed"] == 1, "optimizer"] = "adam & $x$"
     ph = Phenomenon(name=f"gap {EVIL}", description=EVIL, strength="final_train_acc - final_test_acc")
     verdicts = classify_runs(runs, [ph], axes=AXES, grid=["optimizer"], seed=None, n_boot=0)
-    study = Study(title=f"report {EVIL}", axes=AXES, grid=["optimizer"], notes=[EVIL], failed_runs=[(EVIL, "abc")])
+    study = ReportHeader(
+        title=f"report {EVIL}", axes=AXES, grid=["optimizer"], notes=[EVIL], failed_runs=[(EVIL, "abc")]
+    )
     page = write_report(tmp_path, study, runs, [ph], verdicts).read_text()
     assert "<script" not in page.lower()
     assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 5
@@ -296,7 +298,7 @@ def test_flagged_verdict_is_marked_and_explained(tmp_path):
     ph = Phenomenon(name="odd", strength="hits", alternative="smooth", presence=0.0, min_effect=0.1)
     verdicts = classify_runs(runs, [ph], axes=AXES, grid=[], seed="seed", n_boot=0, fdr=None)
     assert (verdicts["flag"] != "").any()  # the setting works: else this test would test nothing
-    page = write_report(tmp_path, Study(title="flags", axes=AXES), runs, [ph], verdicts).read_text()
+    page = write_report(tmp_path, ReportHeader(title="flags", axes=AXES), runs, [ph], verdicts).read_text()
     first_screen = parse(page[: page.index("<section")]).tables["verdicts"]
     assert sum("FLAGGED" in row[5] for row in first_screen[1:]) == int((verdicts["flag"] != "").sum())
     evidence = parse(page[page.index("<h3>Evidence") :]).tables["evidence"]
@@ -316,7 +318,7 @@ def _table_report(tmp_path, truth, n_slices: int, rng: int = 0):
     runs = pd.concat(parts, ignore_index=True)
     ph = Phenomenon(name="acc", strength="acc", presence=0.3, min_effect=0.05)
     verdicts = classify_runs(runs, [ph], axes=["n"], grid=["task"], seed=None, n_boot=0)
-    study = Study(title="table", axes=["n"], grid=["task"], runs_finished=len(runs))
+    study = ReportHeader(title="table", axes=["n"], grid=["task"], runs_finished=len(runs))
     page = write_report(tmp_path, study, runs, [ph], verdicts).read_text(encoding="utf-8")
     return page, verdicts
 

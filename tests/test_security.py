@@ -25,11 +25,12 @@ import scalesweep
 from scalesweep.analysis import expressions
 from scalesweep.analysis.classify import classify_runs
 from scalesweep.analysis.phenomena import load_phenomenon
-from scalesweep.analysis.report import Study, write_report
-from scalesweep.cli import app, mlflow_ui_command
+from scalesweep.analysis.report import ReportHeader, write_report
+from scalesweep.cli import app
 from scalesweep.errors import UserError
 from scalesweep.plan import plan
 from scalesweep.spec import parse_spec
+from scalesweep.store import ui_command
 from scalesweep.train import train_to_result
 from tests.conftest import TINY_SPEC, write_spec
 
@@ -174,7 +175,7 @@ def test_ui_binds_localhost_unless_told_otherwise(workdir, monkeypatch):
     command = captured_ui_command(monkeypatch)
     assert "ui" in command and _option(command, "--host") == "127.0.0.1"
     uri = f"sqlite:///{workdir.resolve() / 'mlflow.db'}"
-    assert command == mlflow_ui_command(uri, "127.0.0.1", 5000)
+    assert command == ui_command(uri, "127.0.0.1", 5000)
     told = captured_ui_command(monkeypatch, "--host", "0.0.0.0", "--port", "5055")
     assert _option(told, "--host") == "0.0.0.0" and _option(told, "--port") == "5055"
 
@@ -323,7 +324,7 @@ def test_report_escapes_spec_and_run_strings(workdir):
     runs = pd.DataFrame(rows)
     phenomena = [load_phenomenon("generalization_gap")]
     verdicts = classify_runs(runs, phenomena, axes=["model_size", "data_size"], grid=[], seed="seed", n_boot=20)
-    study = Study(
+    study = ReportHeader(
         title=f"scalesweep report: {spec.name}",
         axes=["model_size", "data_size"],
         runs_finished=len(runs),

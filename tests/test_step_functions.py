@@ -105,16 +105,15 @@ def test_validate_refuses_a_step_function_of_a_summary_and_accepts_one_of_a_step
 
 
 def test_step_series_read_back_from_mlflow_in_one_query(workdir, empty_store, monkeypatch):
-    from scalesweep import track
+    from scalesweep import store
     from scalesweep.analysis import series
-    from scalesweep.analysis.load import runs_from_mlflow
     from scalesweep.plan import plan
     from scalesweep.spec import parse_spec
     from tests.conftest import TINY_SPEC, fresh_store
 
     uri = fresh_store(workdir, empty_store)
     spec = parse_spec(TINY_SPEC.format(name="series", steps=20))
-    tracker = track.Tracker(track.client_for(uri), spec.name, spec.experiment_name)
+    tracker = store.Tracker(store.client_for(uri), spec.name, spec.experiment_name)
     ids = []
     for config, jump in zip(plan(spec)[:2], (10, 20), strict=True):
         run_id = tracker.start_child(config)
@@ -122,11 +121,11 @@ def test_step_series_read_back_from_mlflow_in_one_query(workdir, empty_store, mo
         tracker.log_rows(run_id, rows[:2], 0)
         tracker.finish(run_id, {"final_test_acc": 1.0, "train_loss": 0.05}, 20, 0, rows=rows[2:])
         ids.append(run_id)
-    runs = runs_from_mlflow(spec.name, spec.experiment_name, uri)
-    client = track.client_for(uri, create=False)
+    runs = store.runs_table(spec.name, spec.experiment_name, uri)
+    client = store.client_for(uri, create=False)
     calls = []
-    sql = track._sql_histories
-    monkeypatch.setattr(track, "_sql_histories", lambda *a: calls.append(a[2]) or sql(*a))
+    sql = store._sql_histories
+    monkeypatch.setattr(store, "_sql_histories", lambda *a: calls.append(a[2]) or sql(*a))
     table = series.read_step_series(client, list(runs["run_id"]), ["test_acc", "train_loss"])
     assert calls == [["test_acc", "train_loss"]]  # one query for the sweep, not one per run or metric
     assert len(table) == 6 and set(table.columns) == {"run_id", "step", "test_acc", "train_loss"}
@@ -165,7 +164,7 @@ def test_the_long_series_of_a_phenomenon_record_matched_by_run_key():
 
 
 def test_the_report_fetches_only_the_series_its_phenomena_read(monkeypatch):
-    from scalesweep import study
+    from scalesweep import commands
     from scalesweep.analysis import series
     from scalesweep.analysis.phenomena import Phenomenon
 
@@ -174,8 +173,8 @@ def test_the_report_fetches_only_the_series_its_phenomena_read(monkeypatch):
     table = pd.DataFrame({"run_id": ["a", "a", "b", "b"], "step": [0, 10, 0, 10], "test_acc": [0.0, 1.0, 0.0, 0.0]})
     monkeypatch.setattr(series, "read_step_series", lambda client, ids, keys: asked.append((ids, keys)) or table)
     plain = Phenomenon(name="plain", strength="final_test_acc")
-    assert study.with_step_series(runs, [plain], client=None) is runs and asked == []
+    assert commands.with_step_series(runs, [plain], client=None) is runs and asked == []
     onset = Phenomenon(name="onset", strength="first_step(test_acc >= 1)")
-    out = study.with_step_series(runs, [plain, onset], client=None)
+    out = commands.with_step_series(runs, [plain, onset], client=None)
     assert asked == [(["a", "b"], ["test_acc"])]
     assert expressions.evaluate(onset.strength, out).tolist()[0] == 10.0

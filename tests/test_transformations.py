@@ -92,13 +92,13 @@ def test_shared_transition_scales_are_grouped():
 
 
 def test_the_report_writes_transformations_csv_and_says_the_pair_first(tmp_path):
-    from scalesweep.analysis.report import Study, write_report
+    from scalesweep.analysis.report import ReportHeader, write_report
     from scalesweep.analysis.transformations import TRANSFORMATION_COLUMNS
 
     rng = np.random.default_rng(7)
     runs = _study(rng, lambda u: _step(u, 2.0, 0.8, 0.0), lambda u: _step(u, 2.1, 0.0, 0.8))
     verdicts = classify_runs(runs, [A, B], ["n"], ["width"], n_boot=20)
-    page = write_report(tmp_path, Study(title="pair", axes=["n"], grid=["width"]), runs, [A, B], verdicts)
+    page = write_report(tmp_path, ReportHeader(title="pair", axes=["n"], grid=["width"]), runs, [A, B], verdicts)
     table = pd.read_csv(tmp_path / "transformations.csv")
     assert list(table.columns) == TRANSFORMATION_COLUMNS
     assert set(table["slice"]) == {"width=0", "width=1", "width=2"}

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
@@ -39,7 +40,8 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from scalesweep.analysis import stats
+from scalesweep.analysis import stats, steps
+from scalesweep.analysis.load import missing_columns
 from scalesweep.analysis.phenomena import Phenomenon, evaluate
 from scalesweep.analysis.slices import slices
 from scalesweep.errors import UserError
@@ -119,10 +121,23 @@ class _Slice:
     labels: np.ndarray | None
     replicated: bool
     replicate: str = "seeds"  # what a replicate is called in messages
+    # The run's scale as an index into `scale_values` (the slice's distinct scales, sorted):
+    # counting by index is what makes a bootstrap decision cheap (no sort per resample).
+    sid: np.ndarray | None = None
+    scale_values: np.ndarray | None = None
+
+    @cached_property
+    def _scale_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """(index of each scale present, runs at it), from `sid` (or by sorting `u` without it)."""
+        if self.sid is None:
+            self.scale_values, self.sid = np.unique(self.u, return_inverse=True)
+        counts = np.bincount(self.sid, minlength=len(self.scale_values))
+        return np.flatnonzero(counts), counts
 
     @cached_property  # read several times per decision, and the bootstrap makes ~10^5 decisions
     def scales(self) -> np.ndarray:
-        return np.unique(self.u)
+        present, _ = self._scale_counts
+        return self.scale_values[present]
 
     @cached_property
     def pts(self) -> stats.Points:
@@ -131,8 +146,9 @@ class _Slice:
     @cached_property
     def scale_means(self) -> np.ndarray:
         """Mean strength at each distinct scale (bootstrap clusters at one scale pooled)."""
-        inv = np.unique(self.u, return_inverse=True)[1]
-        return np.bincount(inv, weights=self.y) / np.bincount(inv)
+        present, counts = self._scale_counts
+        sums = np.bincount(self.sid, weights=self.y, minlength=len(counts))
+        return sums[present] / counts[present]
 
 
 class _Nulls:
@@ -566,10 +582,10 @@ def _as_rng(rng) -> np.random.Generator:
     return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
 
 
-def _make_slice(u_all, y_all, pid_all, labels, replicated: bool, replicate: str) -> _Slice:
+def _make_slice(u_all, y_all, pid_all, labels, replicated: bool, replicate: str, sid_all, scale_values) -> _Slice:
     ok = np.isfinite(y_all)
     ru = u_all if labels is not None else u_all[:0]
-    return _Slice(u_all[ok], y_all[ok], pid_all[ok], ru, labels, replicated, replicate)
+    return _Slice(u_all[ok], y_all[ok], pid_all[ok], ru, labels, replicated, replicate, sid_all[ok], scale_values)
 
 
 def _resampler(pid_all: np.ndarray, scheme: str):
@@ -634,10 +650,10 @@ def classify_slice(
     if "regime" in points.columns:
         labels = points["regime"].to_numpy()[keep].astype(object)
         labels = np.where(pd.isna(labels), "other", labels).astype(str)
-    pid_all = np.unique(u_all, return_inverse=True)[1]
+    scale_values, pid_all = np.unique(u_all, return_inverse=True)
     replicated = stats.is_replicated(u_all[np.isfinite(y_all)])
     replicate = "seeds" if seed and seed in points.columns else "replicates"
-    s = _make_slice(u_all, y_all, pid_all, labels, replicated, replicate)
+    s = _make_slice(u_all, y_all, pid_all, labels, replicated, replicate, pid_all, scale_values)
     nulls = _Nulls(s.pts)
     result = _blank() | _decide(s, phenomenon, nulls, explain=True)
     result["shape"] = _shape(s)
@@ -655,7 +671,8 @@ def classify_slice(
         draw, gen, same = _resampler(pid_all, scheme), _as_rng(rng), 0
         for _ in range(n_boot):
             idx, pid = draw(gen)
-            rep = _make_slice(u_all[idx], y_all[idx], pid, None if labels is None else labels[idx], replicated, "")
+            rep_labels = None if labels is None else labels[idx]
+            rep = _make_slice(u_all[idx], y_all[idx], pid, rep_labels, replicated, "", pid_all[idx], scale_values)
             same += _decide(rep, phenomenon, nulls)["verdict"] == result["verdict"]
         result["confidence"] = same / n_boot
     return result
@@ -739,22 +756,43 @@ def classify_runs(
 ) -> pd.DataFrame:
     """Verdicts for every phenomenon, axis (with >1 value) and slice of a runs table.
 
-    A slice holds the runs that share every other axis and grid value. Pass
+    A slice holds the runs that share every other axis and grid value. A phenomenon with
+    `over: step` is classified along `step` instead, one slice per scale point, on its
+    per-step strength (`steps.step_rows`: the runs need their step series attached). Pass
     independent axes, plus derived ones of `slices.DERIVED_AXES` (sliced as the
     diagonal, see there). Failed runs are left out; diverged runs are data. After
     all slices are classified, p-values are adjusted with Benjamini &
     Hochberg (1995); a trend whose adjusted p exceeds `fdr` is demoted to
     inconclusive (set `fdr=None` to only report `p_adjusted`).
     """
+    return classify_jobs(slice_jobs(runs, phenomena, axes, grid, seed, n_boot), rng, fdr)
+
+
+def slice_jobs(
+    runs: pd.DataFrame, phenomena: list[Phenomenon], axes: list[str], grid: list[str], seed: str | None, n_boot: int
+) -> list[tuple]:
+    """One job per (phenomenon, axis, slice): what `classify_jobs` classifies. Callers that
+    classify several tables at once (`classify TABLE.csv`, one per group) pool their jobs."""
     runs = usable_runs(runs, [*axes, *grid])
     seed = seed if seed and seed in runs.columns else None
     jobs = []
     for ph in phenomena:
+        if steps.over_steps(ph):  # a per-step strength: along the training step, within each scale point
+            rows = steps.step_rows(runs, ph)
+            jobs.extend(
+                (ph, steps.AXIS, label, pts, seed, n_boot) for label, pts in slices(rows, steps.AXIS, axes, grid)
+            )
+            continue
         ev = evaluate(runs, ph)
         for axis in axes:
             if runs[axis].nunique() <= 1:
                 continue
             jobs.extend((ph, axis, label, points, seed, n_boot) for label, points in slices(ev, axis, axes, grid))
+    return jobs
+
+
+def classify_jobs(jobs: list[tuple], rng: np.random.Generator | int = 0, fdr: float | None = 0.05) -> pd.DataFrame:
+    """The verdicts of `slice_jobs`, p-values adjusted (see `classify_runs`)."""
     # One random stream per slice, spawned from `rng`: the verdicts do not depend on how
     # many processes classify them, or in which order.
     streams = _as_rng(rng).spawn(len(jobs))
@@ -762,17 +800,28 @@ def classify_runs(
     return adjust_p_values(pd.DataFrame(rows, columns=[*VERDICT_COLUMNS, *EXTRA_COLUMNS]), fdr)
 
 
-PARALLEL_MIN_BOOTSTRAPS = 20_000  # below this, starting worker processes costs more than it saves
+# Below this many bootstrap decisions, starting worker processes costs more than it saves:
+# a forked worker starts in milliseconds, a spawned one imports numpy, pandas and scipy (~1 s).
+PARALLEL_MIN_BOOTSTRAPS = {"fork": 1_000, "spawn": 20_000}
 
 
 def _run_jobs(jobs: list[tuple]) -> list[dict]:
     """Classify every slice; across CPU cores when the bootstraps are many (10^4 runs: 13 s -> ~7 s on 2)."""
     workers = min(os.cpu_count() or 1, len(jobs))
-    if workers < 2 or sum(job[5] for job in jobs) < PARALLEL_MIN_BOOTSTRAPS:
+    context = _pool_context()
+    if workers < 2 or sum(job[5] for job in jobs) < PARALLEL_MIN_BOOTSTRAPS[context.get_start_method()]:
         return [_classify_group(*job) for job in jobs]
-    # spawn, not fork: the caller may hold threads (Ray, MLflow) that a fork would copy mid-lock
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
         return list(pool.map(_classify_job, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """fork where it is safe: a process with no other thread (the `classify` command), on a
+    platform that has it. Otherwise spawn: a driver holds threads (Ray, MLflow) that a fork
+    would copy mid-lock."""
+    if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
 
 
 def _classify_job(job: tuple) -> dict:
@@ -780,7 +829,7 @@ def _classify_job(job: tuple) -> dict:
 
 
 def usable_runs(runs: pd.DataFrame, needed: list[str]) -> pd.DataFrame:
-    missing = [c for c in needed if c not in runs.columns]
+    missing = missing_columns(runs, needed)
     if missing:
         valid = ", ".join(map(str, runs.columns))
         raise UserError(f"runs table has no column(s) {', '.join(missing)}; columns are: {valid}.")

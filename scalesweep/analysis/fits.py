@@ -35,6 +35,7 @@ import numpy as np
 from scipy import special
 
 from scalesweep.errors import UserError
+from scalesweep.flops import FLOPS_PER_PARAM_TOKEN
 
 
 @dataclass
@@ -322,8 +323,8 @@ class ChinchillaFit(Fit):
         p = self.params
         c = np.asarray(compute, dtype=float)
         g = (p["alpha"] * p["A"] / (p["beta"] * p["B"])) ** (1 / (p["alpha"] + p["beta"]))
-        n_opt = g * (c / 6) ** (p["beta"] / (p["alpha"] + p["beta"]))
-        return n_opt, c / (6 * n_opt)
+        n_opt = g * (c / FLOPS_PER_PARAM_TOKEN) ** (p["beta"] / (p["alpha"] + p["beta"]))
+        return n_opt, c / (FLOPS_PER_PARAM_TOKEN * n_opt)
 
 
 def _chin_objective(theta, log_n, log_d, log_l):

@@ -2,7 +2,7 @@
 
 Per budget C, the final loss of the runs along the IsoFLOP profile is fitted
 by a parabola in log N; its minimum is N_opt(C), and D_opt(C) = C / (6 N_opt)
-(the design holds 6 · N · D ≈ C, see `scalesweep/isoflop.py`). The interval
+(the design holds 6 · N · D ≈ C, see `scalesweep/plan/designs.py`). The interval
 of N_opt is a percentile bootstrap over runs (`scipy.stats.bootstrap`,
 paired resampling of (log N, loss)); it covers the noise of the runs, not
 the parabola's misfit to an asymmetric profile (a few percent in N over a
@@ -29,8 +29,8 @@ from scipy import stats
 
 from scalesweep.analysis.load import require_columns
 from scalesweep.errors import UserError
+from scalesweep.flops import FLOPS_PER_PARAM_EXAMPLE
 
-FLOPS_PER_PARAM_EXAMPLE = 6
 MIN_SIZES = 3  # a parabola needs three model sizes
 
 
@@ -132,12 +132,3 @@ def fit_exponents(optima: pd.DataFrame, replicates: dict[float, np.ndarray], lev
     tail = 100 * (1 - level) / 2
     a_low, a_high = (float(v) for v in np.percentile(slopes, [tail, 100 - tail]))
     return Exponents(a, a_low, a_high, 1 - a, 1 - a_high, 1 - a_low, len(optima))
-
-
-def budget_column(runs: pd.DataFrame, compute: str = "compute") -> pd.Series:
-    """The budget of each run: its `budget` label when the table has one, else compute rounded to
-    two significant digits (a table of published IsoFLOP runs gives compute only)."""
-    if "budget" in runs.columns:
-        return pd.to_numeric(runs["budget"], errors="coerce")
-    require_columns(runs, [compute], "isoflop analysis")
-    return pd.to_numeric(runs[compute], errors="coerce").map(lambda c: float(f"{c:.2g}"))

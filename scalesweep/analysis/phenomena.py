@@ -27,10 +27,11 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from scalesweep import safe_yaml
 from scalesweep.analysis import expressions
+from scalesweep.analysis import series as step_series
 from scalesweep.errors import UserError, did_you_mean
 
 OTHER = "other"
@@ -52,6 +53,10 @@ class Phenomenon(BaseModel):
     alternative: str | None = None
     becomes: str | None = None  # the phenomenon this one may turn into at larger scale (a declared A -> B pair)
     params: dict[str, float] = Field(default_factory=dict)
+    # "run": the strength is one value per run (summaries, step functions), classified along the scale
+    # axes; "step": it is evaluated at every logged step of each run's step series and classified along
+    # the training step within each scale point (`analysis/steps.py`, docs/classifier.md).
+    over: Literal["run", "step"] = "run"
 
     @field_validator("strength", "alternative")
     @classmethod
@@ -67,6 +72,25 @@ class Phenomenon(BaseModel):
             expressions.parse(cond)
         return value
 
+    @model_validator(mode="after")
+    def _over_steps(self) -> Phenomenon:
+        """A per-step strength is itself a step-series expression: a step function inside it would
+        reduce a series to a run's single value, and regimes (a property of a run, tested with runs as
+        independent units) have no meaning for the repeated steps of one run."""
+        if self.over != "step":
+            return self
+        if self.regimes:
+            raise ValueError(
+                "regimes are a property of a run and cannot be classified over steps; drop `regimes` or `over: step`"
+            )
+        for expr in filter(None, (self.strength, self.alternative)):
+            if step_series.uses_step_function(expr):
+                raise ValueError(
+                    f'with over: step, "{expr}" is evaluated at every logged step, so it cannot use a step '
+                    f"function ({', '.join(step_series.STEP_FUNCTIONS)}); write the series itself, e.g. test_acc"
+                )
+        return self
+
     def is_present(self, strength: np.ndarray | float) -> np.ndarray:
         """Present when strength is beyond `presence` in `direction` (NaN: not)."""
         s = np.asarray(strength, dtype=float)
@@ -76,7 +100,10 @@ class Phenomenon(BaseModel):
     def expressions_used(self) -> list[str]:
         """Every expression of the phenomenon, for up-front name checks."""
         exprs = [self.strength, *(self.regimes or {}).values()]
-        return exprs + ([self.alternative] if self.alternative else [])
+        exprs += [self.alternative] if self.alternative else []
+        # a per-step strength reads the step series: said as the argument of a step function, so that
+        # `validate` checks its names are step series and the report reads those series from MLflow
+        return [step_series.as_series_argument(e) for e in exprs] if self.over == "step" else exprs
 
 
 PROJECT_DIR = "analysis"  # a project's own phenomena, in the working directory

@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from scalesweep.analysis import classify, figures, fits, stats, transformations
+from scalesweep.analysis import classify, figures, fits, report_sections, stats, steps, transformations
 from scalesweep.analysis.advice import advice
 from scalesweep.analysis.classify import VERDICT_COLUMNS, VERDICTS
 from scalesweep.analysis.phenomena import Phenomenon, evaluate
 from scalesweep.analysis.slices import label_slices
-from scalesweep.errors import UserError
+from scalesweep.errors import UserError, safe_name
 
 VERDICT_COLOURS = {
     "expansion": "#d7f0d2",
@@ -56,8 +56,8 @@ MIN_ALPHA = 0.01  # below this the power law is a straight line in log scale
 
 
 @dataclass
-class Study:
-    """What the first screen says about the study, and where its runs live."""
+class ReportHeader:
+    """The report page's header: what the first screen says about the study, and where its runs live."""
 
     title: str
     axes: list[str]
@@ -90,9 +90,19 @@ class _Law:
 
 
 def write_report(
-    out_dir: Path, study: Study, runs: pd.DataFrame, phenomena: list[Phenomenon], verdicts: pd.DataFrame
+    out_dir: Path, study: ReportHeader, runs: pd.DataFrame, phenomena: list[Phenomenon], verdicts: pd.DataFrame
 ) -> Path:
-    """Write report.html, verdicts.csv, runs.csv and figures/*.png into `out_dir`; return the page's path."""
+    """Write report.html, verdicts.csv, runs.csv and figures/*.png into `out_dir`; return the page's path.
+    A folder that takes no files (read-only, full, not a folder) is a UserError naming it."""
+    try:
+        return _write_files(out_dir, study, runs, phenomena, verdicts)
+    except OSError as err:
+        raise UserError(f"cannot write the report to {out_dir} ({err.strerror or err}); pass another --out.") from None
+
+
+def _write_files(
+    out_dir: Path, study: ReportHeader, runs: pd.DataFrame, phenomena: list[Phenomenon], verdicts: pd.DataFrame
+) -> Path:
     runs = classify.usable_runs(runs, [*study.axes, *study.grid])  # the runs the classifier used
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in (out_dir / "figures").glob("*__*.png"):  # figures of an earlier report of this study
@@ -121,7 +131,12 @@ def stable_columns(verdicts: pd.DataFrame) -> pd.DataFrame:
 # --- one phenomenon ------------------------------------------------------------
 
 
-def _phenomenon_section(out_dir: Path, study: Study, runs: pd.DataFrame, ph: Phenomenon, verdicts: pd.DataFrame) -> str:
+def _phenomenon_section(
+    out_dir: Path, study: ReportHeader, runs: pd.DataFrame, ph: Phenomenon, verdicts: pd.DataFrame
+) -> str:
+    if steps.over_steps(ph):  # a per-step strength: its own section, over training per scale point
+        mine = verdicts[verdicts["phenomenon"] == ph.name]
+        return report_sections.step_section(out_dir, study, runs, ph, mine)
     table = evaluate(runs, ph)
     mine = verdicts[verdicts["phenomenon"] == ph.name]
     parts = [f"<h2 id='{_anchor(ph.name)}'>{_e(ph.name)}</h2>", _definition(ph)]
@@ -143,6 +158,7 @@ def _phenomenon_section(out_dir: Path, study: Study, runs: pd.DataFrame, ph: Phe
         )
         caption = f"{ph.name}: dominant regime over {x} x {y} (share of runs in each cell)"
         parts.append(_figure(png, caption, ph.name, f"{x} x {y}", "phases"))
+    parts += report_sections.series_parts(out_dir, study, runs, ph)  # the step series it reads, per scale point
     if len(mine):
         parts.append("<h3>Evidence</h3>" + _evidence_table(mine, laws) + _advice(mine, table, ph))
     return "\n".join(parts)
@@ -165,7 +181,7 @@ def _definition(ph: Phenomenon) -> str:
 
 
 def _axis_part(
-    out_dir: Path, study: Study, table: pd.DataFrame, ph: Phenomenon, axis: str, verdicts: pd.DataFrame
+    out_dir: Path, study: ReportHeader, table: pd.DataFrame, ph: Phenomenon, axis: str, verdicts: pd.DataFrame
 ) -> tuple[str, list[tuple[pd.Series, _Law]]]:
     """One figure of the phenomenon along `axis` (a line per slice, laws drawn) and the runs behind it."""
     table, order = _with_slices(table, study, axis)
@@ -220,7 +236,7 @@ def _replicated(table: pd.DataFrame, axis: str) -> bool:
     return bool((counts >= 2).mean() > 0.5)
 
 
-def _with_slices(table: pd.DataFrame, study: Study, axis: str) -> tuple[pd.DataFrame, list[str]]:
+def _with_slices(table: pd.DataFrame, study: ReportHeader, axis: str) -> tuple[pd.DataFrame, list[str]]:
     """Label each run with its slice exactly as the classifier names it, so that
     the figure's legend, the verdict table and the runs table agree."""
     labels, order = label_slices(table, axis, study.axes, study.grid)
@@ -410,7 +426,7 @@ def _advice(verdicts: pd.DataFrame, table: pd.DataFrame, ph: Phenomenon) -> str:
     return f"<h3>What would decide</h3><ul class='advice'>{''.join(items)}</ul>" if items else ""
 
 
-def _runs_behind(table: pd.DataFrame, axis: str, order: list[str], study: Study) -> str:
+def _runs_behind(table: pd.DataFrame, axis: str, order: list[str], study: ReportHeader) -> str:
     """Each point of the figure with the runs it averages, linked to MLflow when possible."""
     if "run_id" not in table:
         return ""
@@ -430,7 +446,7 @@ def _runs_behind(table: pd.DataFrame, axis: str, order: list[str], study: Study)
     )
 
 
-def _run_ref(run: pd.Series, study: Study) -> str:
+def _run_ref(run: pd.Series, study: ReportHeader) -> str:
     run_id = str(run["run_id"])
     seed = f"seed {_e(_fmt(run['seed']))}: " if "seed" in run else ""
     name = f" title='{_e(run['run_name'])}'" if "run_name" in run and isinstance(run["run_name"], str) else ""
@@ -501,7 +517,7 @@ def _legend(verdicts: pd.DataFrame) -> str:
     return f"<p class='legend'>{chips}</p>"
 
 
-def _axes_table(study: Study, runs: pd.DataFrame) -> str:
+def _axes_table(study: ReportHeader, runs: pd.DataFrame) -> str:
     rows = []
     for name in [*study.axes, *study.grid]:
         if name not in runs:
@@ -524,7 +540,7 @@ def _axes_table(study: Study, runs: pd.DataFrame) -> str:
     return f"<table class='axes'><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
 
 
-def _study_header(study: Study, runs: pd.DataFrame, phenomena: list[Phenomenon], verdicts: pd.DataFrame) -> str:
+def _study_header(study: ReportHeader, runs: pd.DataFrame, phenomena: list[Phenomenon], verdicts: pd.DataFrame) -> str:
     url = study.experiment_url() or (study.mlflow_url if (study.mlflow_url or "").startswith("http") else None)
     link = f" · <a href='{_e(url)}'>MLflow</a>" if url else ""
     notes = "".join(f"<p class='description'>{_e(n)}</p>" for n in study.notes)
@@ -555,7 +571,7 @@ def _found(verdicts: pd.DataFrame, phenomena: list[Phenomenon], pairs: pd.DataFr
 
 
 def _page(
-    study: Study,
+    study: ReportHeader,
     runs: pd.DataFrame,
     phenomena: list[Phenomenon],
     verdicts: pd.DataFrame,
@@ -569,7 +585,7 @@ def _page(
         + "<h2 id='verdicts'>Verdicts</h2>"
         + _legend(verdicts)
         + _verdict_table(verdicts, phenomena)
-        + "".join(f"<section class='phenomenon'>{s}</section>" for s in sections)
+        + report_sections.grouped(phenomena, sections)  # under a heading per level
     )
     colours = "\n".join(f".v-{v} {{ background: {c}; }}" for v, c in VERDICT_COLOURS.items())
     return f"""<!DOCTYPE html>
@@ -584,6 +600,7 @@ figcaption {{ font-size: 0.85em; color: #555; max-width: 760px; }}
 p.note, p.description {{ color: #555; font-size: 0.9em; }} code {{ background: #f3f3f3; padding: 1px 4px; }}
 .chip {{ display: inline-block; padding: 2px 8px; margin-right: 6px; border: 1px solid #ccc; border-radius: 3px; }}
 section.phenomenon {{ border-top: 2px solid #ddd; margin-top: 2em; }}
+h2.level {{ margin-top: 2.2em; color: #345; border-bottom: 3px solid #345; }} p.levels {{ font-size: 0.9em; }}
 div.found p {{ font-size: 1.05em; margin: 0.3em 0; }}
 span.run {{ display: inline-block; margin-right: 8px; font-size: 0.9em; }}
 {colours}
@@ -628,4 +645,4 @@ def _anchor(name: str) -> str:
 
 
 def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(name))
+    return safe_name(name, keep="-_")

@@ -224,13 +224,13 @@ def call(
 
 def read_step_series(client, run_ids: list[str], keys: list[str]) -> pd.DataFrame:
     """The step series `keys` of `run_ids` from MLflow as a wide table (run_id, step, one column
-    per key), read by `track.read_metric_histories` (one query per sweep on a SQL store). A
+    per key), read by `store.read_metric_histories` (one query per sweep on a SQL store). A
     summary logged under the same key at the last step is one more point of its series."""
-    from scalesweep import track
+    from scalesweep import store
 
     if not keys:
         return pd.DataFrame(columns=["run_id", "step"])
-    rows = track.read_metric_histories(client, run_ids, keys)
+    rows = store.read_metric_histories(client, run_ids, keys)
     long = pd.DataFrame(rows, columns=["run_id", "metric", "step", "value"])
     long = long.drop_duplicates(["run_id", "metric", "step"], keep="last")
     wide = long.pivot(index=["run_id", "step"], columns="metric", values="value").reset_index()
@@ -247,3 +247,20 @@ def series_needed(exprs, params=()) -> list[str]:
     for expr in exprs:
         found |= series_names(parse(expr))
     return sorted(found - {"step"} - set(params))
+
+
+def uses_step_function(expr: str) -> bool:
+    """Whether `expr` calls any step function (first_step, series_max, ...)."""
+    from scalesweep.analysis.expressions import parse
+
+    return any(is_step_call(node) for node in ast.walk(parse(expr)))
+
+
+SERIES_ARGUMENT = "series_max"  # any one-argument step function: only its argument's names matter
+
+
+def as_series_argument(expr: str) -> str:
+    """`expr` as the argument of a step function: how a per-step expression (a phenomenon with
+    `over: step`) states that its names are step series, for every reader of step-series names
+    (`series_names`, `series_needed`, `validate`'s check that each is logged at every step)."""
+    return f"{SERIES_ARGUMENT}({expr})"

@@ -79,13 +79,16 @@ class Points:
 
 
 def points_of(pid: np.ndarray, u: np.ndarray, y: np.ndarray, replicated: bool) -> Points:
-    """Group runs by point id (`pid`: equal scale, or one bootstrap cluster) into `Points`."""
-    ids, inv = np.unique(pid, return_inverse=True)
-    n = np.bincount(inv, minlength=len(ids)).astype(float)
-    mean = np.bincount(inv, weights=y, minlength=len(ids)) / n
-    pu = np.bincount(inv, weights=u, minlength=len(ids)) / n
-    dev = y - mean[inv]
-    return Points(pu, mean, n, float(dev @ dev), replicated)
+    """Group runs by point id (`pid`: small non-negative integers, one per equal scale or
+    bootstrap cluster) into `Points`, in the order of the ids. Counting by id, not sorting,
+    because the bootstrap groups every resample."""
+    counts = np.bincount(pid)
+    present = np.flatnonzero(counts)
+    n_all = np.maximum(counts, 1)
+    mean_all = np.bincount(pid, weights=y, minlength=len(counts)) / n_all
+    u_all = np.bincount(pid, weights=u, minlength=len(counts)) / n_all
+    dev = y - mean_all[pid]
+    return Points(u_all[present], mean_all[present], counts[present].astype(float), float(dev @ dev), replicated)
 
 
 def is_replicated(u: np.ndarray) -> bool:

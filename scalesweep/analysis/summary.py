@@ -54,7 +54,7 @@ DECIDED = ("transformation", "expansion", "shrinkage", "persistent", "absent")
 # Lower rank = said first (after coverage): what changes kind, then what trends, then what holds.
 _RANK = {"regime_flip": 0, "sign_flip": 0, "u_shape": 0, "inverted_u": 0, "transformation": 0}
 _RANK |= {"expansion": 1, "shrinkage": 1, "persistent": 2, "absent": 3}
-_AXIS_ORDER = {"data_size": 0, "model_size": 1, "compute": 3}
+_AXIS_ORDER = {"data_size": 0, "model_size": 1, "compute": 3, "step": 4}
 _REGIME = re.compile(r"^\s*([A-Za-z_][\w ]*?)\s*->\s*([A-Za-z_][\w ]*?)\s*(?:[(;,]|$)")
 _NEAR = re.compile(r"(?:minimum|maximum) near ([0-9.eE+-]+)")
 
@@ -95,6 +95,8 @@ def _axis_words(axis: str, nouns: Mapping[str, str]) -> _Axis:
         return _Width("as the width grows", "in width", nouns.get(axis, "width"), ("width", "widths"))
     if axis == "compute":
         return _Axis("with compute", "in compute", nouns.get(axis, "FLOPs"), ("compute budget", "compute budgets"))
+    if axis == "step":  # along training, within each scale point (a phenomenon with `over: step`)
+        return _Axis("over training", "over training", nouns.get(axis, "steps"), ("scale point", "scale points"))
     name = axis.replace("_", " ")
     return _Axis(f"as {name} grows", f"in {name}", nouns.get(axis, name), (f"{name} value", f"{name} values"))
 

@@ -21,11 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scalesweep.analysis.classify import adjust_p_values, classify_runs
-from scalesweep.analysis.commands import require_option_columns
-from scalesweep.analysis.load import runs_from_csv
+from scalesweep.analysis.classify import classify_jobs, slice_jobs
+from scalesweep.analysis.load import require_option_columns, runs_from_csv
 from scalesweep.analysis.phenomena import Phenomenon
-from scalesweep.analysis.report import Study, write_report
+from scalesweep.analysis.report import ReportHeader, write_report
 from scalesweep.errors import UserError
 
 DEFAULT_EFFECT_SHARE = 0.1  # default min_effect: this share of the 10-90 % spread of the group's values
@@ -63,7 +62,7 @@ def classify_table(
     opts = TableOptions(axis, value, group, seed, direction, presence, min_effect, signed)
     runs, notes = _usable_rows(table, opts)
     verdicts, defaults = _classify_groups(runs, opts, n_boot)
-    study = Study(
+    study = ReportHeader(
         title=f"scalesweep classify: {value} along {axis} ({table.name})",
         axes=[axis],
         grid=group,
@@ -115,12 +114,12 @@ def _require_numeric(runs: pd.DataFrame, table: Path, option: str, column: str) 
 def _classify_groups(runs: pd.DataFrame, opts: TableOptions, n_boot: int) -> tuple[pd.DataFrame, list[str]]:
     """Each group with its own defaults; p-values adjusted once over all of them."""
     groups = runs.groupby(opts.group, dropna=False, sort=True) if opts.group else [((), runs)]
-    frames, defaulted = [], []
+    jobs, defaulted = [], []
     for key, rows in groups:
         ph = _phenomenon(rows, opts)
-        frames.append(classify_runs(rows, [ph], [opts.axis], opts.group, seed=opts.seed, n_boot=n_boot, fdr=None))
+        jobs += slice_jobs(rows, [ph], [opts.axis], opts.group, seed=opts.seed, n_boot=n_boot)
         defaulted.append(_defaults_note(opts, key, ph))
-    verdicts = adjust_p_values(pd.concat(frames, ignore_index=True), fdr=0.05)
+    verdicts = classify_jobs(jobs, fdr=0.05)  # one pool of slices: across cores when they are many
     notes = [n for n in defaulted if n]
     return verdicts, notes if len(notes) <= 12 else [*notes[:12], f"... and {len(notes) - 12} more groups."]
 

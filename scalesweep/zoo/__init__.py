@@ -6,8 +6,7 @@ parametrization) into a torch module. New tasks or families register
 themselves with `register_task` / `register_family`.
 """
 
-from scalesweep.zoo import models as _models  # noqa: F401  (registers the families)
-from scalesweep.zoo import tasks as _tasks  # noqa: F401  (registers the tasks)
+from scalesweep.zoo import models, tasks  # noqa: F401  (importing them registers the families and tasks)
 from scalesweep.zoo.base import FAMILIES, TASKS, Dataset, DataShape, FamilyInfo, TaskInfo
 
 __all__ = ["FAMILIES", "TASKS", "DataShape", "Dataset", "FamilyInfo", "TaskInfo"]

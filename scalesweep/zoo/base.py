@@ -101,6 +101,9 @@ class FamilyInfo:
     params_model: type[Params]
     build: Callable[[Params, int, DataShape, str], torch.nn.Module]
     knob: str
+    # the parameter count in closed form, (params, width, shape, parametrization) -> int, refusing
+    # what `build` refuses; None: counted on a model built on torch's meta device
+    count: Callable[[Params, int, DataShape, str], int] | None = None
 
 
 TASKS: dict[str, TaskInfo] = {}
@@ -122,11 +125,14 @@ def register_task(
     return wrap
 
 
-def register_family(name: str, params_model: type[Params], knob: str):
-    """Decorator: register `build(params, width, shape, parametrization) -> Module`."""
+def register_family(
+    name: str, params_model: type[Params], knob: str, count: Callable[[Params, int, DataShape, str], int] | None = None
+):
+    """Decorator: register `build(params, width, shape, parametrization) -> Module`, and optionally
+    its parameter count in closed form (`plan.compute` then counts without building a model)."""
 
     def wrap(build: Callable[[Params, int, DataShape, str], torch.nn.Module]):
-        FAMILIES[name] = FamilyInfo(name, params_model, build, knob)
+        FAMILIES[name] = FamilyInfo(name, params_model, build, knob, count)
         return build
 
     return wrap

@@ -42,6 +42,23 @@ def mup_multipliers(model: nn.Module, hidden: set[str], width_mult: float, optim
     return {name: 1.0 / width_mult for name in names if name in hidden}
 
 
+class MupReadout:
+    """The readout both width-scaled families share: `readout(features(x))`, divided by the width
+    multiplier under muP (1 under sp). A mixin before nn.Module: its `forward` is the model's."""
+
+    readout: nn.Linear
+    readout_mult: float
+
+    def set_width(self, width: int, base_width: int, parametrization: str) -> None:
+        self.parametrization = parametrization
+        self.width_mult = width / base_width
+        self.readout_mult = 1.0 / self.width_mult if parametrization == "mup" else 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.readout(self.features(x))
+        return out * self.readout_mult if self.readout_mult != 1 else out
+
+
 # ---------------------------------------------------------------- MLP
 
 
@@ -51,16 +68,13 @@ class MLPParams(Params):
     base_width: int = Field(default=32, ge=1, le=65536, description="muP: the width at which mup equals sp")
 
 
-class MLP(nn.Module):
+class MLP(MupReadout, nn.Module):
     """Tokens are embedded and concatenated (vectors pass straight in), then
     `depth` ReLU layers of `width` units and a linear readout."""
 
     def __init__(self, params: MLPParams, width: int, shape: DataShape, parametrization: str = "sp"):
         super().__init__()
-        if shape.per_token:
-            raise UserError(
-                "the mlp family predicts one label per example; a per-token task needs the transformer family."
-            )
+        check_mlp(shape)
         if shape.input_kind == "tokens":
             self.embed = nn.Embedding(shape.vocab, params.embed_dim)
             in_dim = shape.seq_len * params.embed_dim
@@ -73,9 +87,7 @@ class MLP(nn.Module):
             in_dim = width
         self.hidden = nn.Sequential(*layers)
         self.readout = nn.Linear(in_dim, shape.output_dim)
-        self.parametrization = parametrization
-        self.width_mult = width / params.base_width
-        self.readout_mult = 1.0 / self.width_mult if parametrization == "mup" else 1.0
+        self.set_width(width, params.base_width, parametrization)
 
     def layer_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The output of each hidden layer (after its ReLU)."""
@@ -93,10 +105,6 @@ class MLP(nn.Module):
             x = self.embed(x).flatten(1)
         return self.hidden(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.readout(self.features(x))
-        return out * self.readout_mult if self.readout_mult != 1 else out
-
     def lr_multipliers(self, optimizer: str) -> dict[str, float]:
         if self.parametrization != "mup":
             return {}
@@ -104,7 +112,23 @@ class MLP(nn.Module):
         return mup_multipliers(self, hidden, self.width_mult, optimizer)
 
 
-@register_family("mlp", MLPParams, knob="width")
+def check_mlp(shape: DataShape) -> None:
+    if shape.per_token:
+        raise UserError("the mlp family predicts one label per example; a per-token task needs the transformer family.")
+
+
+def count_mlp(params: MLPParams, width: int, shape: DataShape, parametrization: str) -> int:
+    """The MLP's parameters in closed form (what `MLP(...)` holds: embedding, hidden layers, readout)."""
+    check_mlp(shape)
+    n, in_dim = 0, shape.input_dim
+    if shape.input_kind == "tokens":
+        n, in_dim = shape.vocab * params.embed_dim, shape.seq_len * params.embed_dim
+    for _ in range(params.depth):
+        n, in_dim = n + in_dim * width + width, width
+    return n + in_dim * shape.output_dim + shape.output_dim
+
+
+@register_family("mlp", MLPParams, knob="width", count=count_mlp)
 def build_mlp(params: MLPParams, width: int, shape: DataShape, parametrization: str) -> nn.Module:
     return MLP(params, width, shape, parametrization)
 
@@ -159,7 +183,7 @@ class Block(nn.Module):
         return x, pattern
 
 
-class Transformer(nn.Module):
+class Transformer(MupReadout, nn.Module):
     """A small pre-LayerNorm GPT (token + learned position embeddings, causal
     attention, optional ReLU MLPs). For per-token tasks it predicts at every
     position; otherwise it reads the prediction off the last position (as the
@@ -167,12 +191,7 @@ class Transformer(nn.Module):
 
     def __init__(self, params: TransformerParams, d_model: int, shape: DataShape, parametrization: str = "sp"):
         super().__init__()
-        if shape.input_kind != "tokens":
-            raise UserError("the transformer family reads token sequences; this task gives vectors (use mlp).")
-        if d_model % params.n_heads:
-            raise UserError(
-                f"transformer d_model (model_size) must be a multiple of n_heads={params.n_heads}, got {d_model}."
-            )
+        check_transformer(params, d_model, shape)
         d_head = d_model // params.n_heads
         if parametrization == "mup":  # 1/d attention, equal to 1/sqrt(d) at the base width
             base_head = params.base_width / params.n_heads
@@ -185,9 +204,7 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(d_model, params, scale) for _ in range(params.n_layers))
         self.ln_f = nn.LayerNorm(d_model) if params.layer_norm else nn.Identity()
         self.readout = nn.Linear(d_model, shape.output_dim)
-        self.parametrization = parametrization
-        self.width_mult = d_model / params.base_width
-        self.readout_mult = 1.0 / self.width_mult if parametrization == "mup" else 1.0
+        self.set_width(d_model, params.base_width, parametrization)
 
     def run(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
         """The residual stream after the embedding and after each block, and each layer's pattern."""
@@ -214,10 +231,6 @@ class Transformer(nn.Module):
         h = self.ln_f(streams[f"block{len(self.blocks) - 1}"])
         return h if self.per_token else h[:, -1]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.readout(self.features(x))
-        return out * self.readout_mult if self.readout_mult != 1 else out
-
     def lr_multipliers(self, optimizer: str) -> dict[str, float]:
         if self.parametrization != "mup":
             return {}
@@ -225,7 +238,29 @@ class Transformer(nn.Module):
         return mup_multipliers(self, hidden, self.width_mult, optimizer)
 
 
-@register_family("transformer", TransformerParams, knob="d_model")
+def check_transformer(params: TransformerParams, d_model: int, shape: DataShape) -> None:
+    if shape.input_kind != "tokens":
+        raise UserError("the transformer family reads token sequences; this task gives vectors (use mlp).")
+    if d_model % params.n_heads:
+        raise UserError(
+            f"transformer d_model (model_size) must be a multiple of n_heads={params.n_heads}, got {d_model}."
+        )
+
+
+def count_transformer(params: TransformerParams, d_model: int, shape: DataShape, parametrization: str) -> int:
+    """The transformer's parameters in closed form: embeddings, blocks (LayerNorms, qkv and proj
+    without biases, the MLP), the final LayerNorm and the readout."""
+    check_transformer(params, d_model, shape)
+    norm = 2 * d_model if params.layer_norm else 0
+    block = norm + 4 * d_model * d_model
+    if not params.attention_only:
+        hidden = params.mlp_ratio * d_model
+        block += norm + 2 * d_model * hidden + hidden + d_model
+    embeddings = (shape.vocab + shape.seq_len) * d_model
+    return embeddings + params.n_layers * block + norm + d_model * shape.output_dim + shape.output_dim
+
+
+@register_family("transformer", TransformerParams, knob="d_model", count=count_transformer)
 def build_transformer(params: TransformerParams, width: int, shape: DataShape, parametrization: str) -> nn.Module:
     return Transformer(params, width, shape, parametrization)
 
@@ -245,8 +280,7 @@ class TMS(nn.Module):
 
     def __init__(self, params: TMSParams, m: int, shape: DataShape):
         super().__init__()
-        if shape.input_kind != "vectors" or shape.output_dim != shape.input_dim:
-            raise UserError("the tms family reconstructs its input vector; use it with the superposition task.")
+        check_tms_shape(shape)
         n = shape.input_dim
         self.W = nn.Parameter(torch.empty(m, n))
         nn.init.xavier_normal_(self.W)
@@ -267,11 +301,27 @@ class TMS(nn.Module):
         return self.act(self.features(x) @ self.W + self.b)
 
 
-@register_family("tms", TMSParams, knob="hidden dims m")
-def build_tms(params: TMSParams, width: int, shape: DataShape, parametrization: str) -> nn.Module:
+def check_tms_shape(shape: DataShape) -> None:
+    if shape.input_kind != "vectors" or shape.output_dim != shape.input_dim:
+        raise UserError("the tms family reconstructs its input vector; use it with the superposition task.")
+
+
+def check_tms(shape: DataShape, parametrization: str) -> None:
     if parametrization != "sp":
         raise UserError(
             "the tms family has tied input/output weights and a fixed-size input, so muP does not apply; "
             'use parametrization "sp".'
         )
+    check_tms_shape(shape)
+
+
+def count_tms(params: TMSParams, width: int, shape: DataShape, parametrization: str) -> int:
+    """W (m x n) and b (n)."""
+    check_tms(shape, parametrization)
+    return width * shape.input_dim + shape.input_dim
+
+
+@register_family("tms", TMSParams, knob="hidden dims m", count=count_tms)
+def build_tms(params: TMSParams, width: int, shape: DataShape, parametrization: str) -> nn.Module:
+    check_tms(shape, parametrization)
     return TMS(params, width, shape)

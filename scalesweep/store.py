@@ -1,4 +1,11 @@
-"""MLflow: where every run is recorded, and how runs are read back.
+"""The store: MLflow, where every run is recorded, and how runs are read back.
+
+The only module that imports MLflow. What it gives the rest: a checked client
+(`client_for`; which store a URI means is `uris.py`'s policy), the sweep's
+writer (`Tracker`, with patience for a lost server), the child runs as ledger
+records (`child_runs`, for `ledger.py`), the runs as a tidy table (`runs_table`:
+the analysis gets DataFrames, never MLflow objects or tags), the step series
+(`read_metric_histories`) and the `mlflow ui` command line.
 
 Design: **one writer**. Ray workers never talk to MLflow; they stream their
 rows back to the driver, and the driver alone writes (batched, with
@@ -16,33 +23,50 @@ step observables and the run's summaries as single metrics.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import logging
 import os
-import sqlite3
+import shutil
 import sys
+import tempfile
+import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from scalesweep.errors import UserError, first_line
-from scalesweep.plan import RunConfig
+from scalesweep import lease
+from scalesweep.errors import UserError, first_line, safe_name
+from scalesweep.lease import Lease
+from scalesweep.ledger import ChildRun
+from scalesweep.uris import (
+    check_store,
+    is_server,
+    require_store,
+    require_writable,
+    resolve_uri,
+    server_answers,
+    sqlite_path,
+)
 
-DEFAULT_URI = "sqlite:///mlflow.db"
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from scalesweep.plan import RunConfig
+
 TAG = "scalesweep"
 # MLflow 3's UI opens an experiment by its kind; untagged ones may open on the GenAI view (traces).
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 NOTE_TAG = "mlflow.note.content"  # the run's description in the UI
 MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
 RETRY_SECONDS = 5.0
-OTHER_STORES = ("postgresql://", "postgresql+", "mysql://", "mysql+", "mssql", "databricks")
+CHECKPOINT_DIR, CHECKPOINT_FILE = "checkpoint", "checkpoint.pt"  # a child run's one checkpoint artifact
+CHECKPOINT_TAG = f"{TAG}.checkpoint_step"  # the step of the checkpoint a child run holds
 T = TypeVar("T")
 
 
@@ -59,99 +83,17 @@ def tracking_patience() -> float:
         raise UserError(f"SCALESWEEP_TRACKING_PATIENCE={raw!r} is not a number of seconds (e.g. 300).") from None
 
 
-def resolve_uri(uri: str | None = None) -> str:
-    """--tracking-uri, else MLFLOW_TRACKING_URI, else the sqlite file in the working dir."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        # Absolute: MLflow caches one store per URI string, so a relative path would
-        # keep pointing at the first working directory of a long-lived process.
-        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
-    return uri
-
-
-def check_store(uri: str) -> None:
-    """Fail early, in one paragraph, when the store cannot be used."""
-    if uri.startswith(("http://", "https://")):
-        _check_server(uri)
-    elif uri.startswith("sqlite:///"):
-        _check_sqlite(Path(uri.removeprefix("sqlite:///")))
-    elif not uri.startswith(OTHER_STORES):
-        raise UserError(
-            f'"{uri}" is not a tracking store scalesweep can use; give sqlite:///path/to/mlflow.db, '
-            f"http(s)://host:port of an `mlflow server`, or a database URI ({', '.join(OTHER_STORES)})."
-        )
-
-
-def server_answers(uri: str, timeout: float = 5.0) -> bool:
-    return _health_error(uri, timeout) is None
-
-
-def _health_error(uri: str, timeout: float) -> str | None:
-    """Why the server's /health does not answer, or None when it does."""
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
-            response.read()
-        return None
-    except (urllib.error.URLError, OSError, ValueError) as err:
-        return str(getattr(err, "reason", err))
-
-
-def _check_server(uri: str) -> None:
-    if (reason := _health_error(uri, timeout=5.0)) is not None:
-        raise UserError(
-            f"the MLflow tracking server at {uri} does not answer ({reason}). Start one with "
-            f"`mlflow server --host 127.0.0.1 --port 5000`, or leave out --tracking-uri to record "
-            f"to the local store {DEFAULT_URI}."
-        )
-
-
-def _check_sqlite(path: Path) -> None:
-    if not path.exists():
-        return
-    try:
-        # rw, not ro: a driver killed mid-write leaves a hot journal, which only a writer may roll back.
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=rw", uri=True)) as db:
-            db.execute("PRAGMA schema_version").fetchone()
-            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.DatabaseError as err:
-        raise UserError(
-            f"{path} is not a readable MLflow sqlite store ({err}). It may be corrupt or half-written: "
-            f"move it aside (your runs' artifacts in ./mlartifacts stay), or pass another --tracking-uri."
-        ) from None
-    if tables and "experiments" not in tables:  # another program's database: MLflow would add its tables
-        raise UserError(
-            f"{path} is a sqlite database but not an MLflow store (its tables: {', '.join(sorted(tables)[:5])}). "
-            f"Pass --tracking-uri sqlite:///another.db, or run from another folder."
-        )
-
-
-def require_store(uri: str | None = None) -> str:
-    """The resolved URI, when a store is there to read; else a UserError saying that there is
-    none and where it looked. For commands that only read: they never create a store."""
-    given = uri
-    uri = resolve_uri(uri)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        if given:
-            source = "the given tracking URI (--tracking-uri or the spec's tracking.uri)"
-        elif os.environ.get("MLFLOW_TRACKING_URI"):
-            source = "MLFLOW_TRACKING_URI"
-        else:
-            source = f"the default {DEFAULT_URI}, in the working directory {Path.cwd()}"
-        raise UserError(
-            f"there is no MLflow store at {uri.removeprefix('sqlite:///')} (from {source}): nothing has been "
-            f"recorded there, and this command only reads, so it did not create one. Run `scalesweep run SPEC` "
-            f"from this folder first, or pass --tracking-uri (or set MLFLOW_TRACKING_URI) to the store the "
-            f"sweep was recorded to."
-        )
-    return uri
-
-
 def client_for(uri: str | None = None, *, create: bool = True) -> MlflowClient:
     """An MLflow client on the store, checked first (`check_store`). `create=False` is for
     commands that only read: a sqlite file that does not exist is an error, not a new store."""
     uri = require_store(uri) if not create else resolve_uri(uri)
+    if create:
+        require_writable(uri)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no alembic chatter on a new store
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # MLflow logs every failed SQL statement with its traceback before it raises; the Tracker
+    # says what failed and waits (a full or failing disk), so the traceback is noise.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     # MLflow's own HTTP retries back off for minutes per call, silently; the Tracker
     # retries with a message instead (see TrackingLost), so keep MLflow's short.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -163,16 +105,49 @@ def client_for(uri: str | None = None, *, create: bool = True) -> MlflowClient:
     # Not mlflow.set_tracking_uri: it exports MLFLOW_TRACKING_URI, which would pin every
     # later default store of this process (and its children) to this one.
     try:
-        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+        with _first_open(uri):
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            if (path := sqlite_path(uri)) is not None and not path.exists():
+                client.search_experiments(max_results=1)  # creates the schema, under the lock
+        return client
     except (MlflowException, ImportError) as err:  # e.g. a database driver that is not installed
         raise UserError(f"cannot open the tracking store {uri} ({first_line(err)}).") from None
 
 
-@dataclass
-class ChildRun:
-    run_id: str
-    run_key: str
-    status: str
+@contextlib.contextmanager
+def _first_open(uri: str) -> Iterator[None]:
+    """An exclusive lock on a sqlite store's folder while a client opens it: two drivers started
+    together on a new store would both run MLflow's schema migrations, and one fails midway
+    ("Online migration expected to match one row")."""
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(folder)  # closing releases the lock
+
+
+DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EIO, errno.EDQUOT}
+DISK_MESSAGES = (  # sqlite's words, as MLflow passes them on inside its own exception
+    "disk i/o error",
+    "database or disk is full",
+    "attempt to write a readonly database",
+    "unable to open database file",
+    "no space left on device",
+    "read-only file system",
+)
+
+
+def is_disk_fault(err: BaseException) -> bool:
+    """Whether a write failed because of the disk under the store, not because of the call."""
+    if isinstance(err, OSError) and err.errno in DISK_ERRNOS:
+        return True
+    text = str(err).lower()
+    return any(message in text for message in DISK_MESSAGES)
 
 
 class Tracker:
@@ -201,38 +176,86 @@ class Tracker:
                     raise
                 now = time.monotonic()
                 deadline = deadline or now + self.patience
+                disk = is_disk_fault(err)
+                state = "cannot be written" if disk else "is unreachable"
                 if now >= deadline:
+                    fix = "free or remount the disk" if disk else "bring the store back"
                     raise TrackingLost(
-                        f"the MLflow tracking store {self.client.tracking_uri} stayed unreachable for "
-                        f"{self.patience:g} s ({first_line(err)}), so the sweep stopped. Finished runs are "
-                        f"recorded; bring the store back and run the same command again: finished runs are "
-                        f"skipped and the interrupted ones run again (SCALESWEEP_TRACKING_PATIENCE sets the wait)."
+                        f"the MLflow tracking store {self.client.tracking_uri} {state} "
+                        f"({first_line(err)}{'; is its disk full or read-only?' if disk else ''}) and stayed so for "
+                        f"{self.patience:g} s, so the sweep stopped. Finished runs are recorded; {fix} and run "
+                        f"the same command again: finished runs are skipped and the interrupted ones run again "
+                        f"(SCALESWEEP_TRACKING_PATIENCE sets the wait)."
                     ) from None
                 self.notify(
-                    f"MLflow at {self.client.tracking_uri} is unreachable ({first_line(err)}); "
+                    f"MLflow at {self.client.tracking_uri} {state} ({first_line(err)}); "
                     f"retrying for {deadline - now:.0f} s more"
                 )
                 time.sleep(min(RETRY_SECONDS, max(0.1, deadline - now)))
 
     def _transient(self, err: Exception) -> bool:
-        """A lost server or a locked sqlite file is worth waiting for; anything else is a bug to show."""
+        """A lost server, a locked sqlite file or a disk that takes no writes (full, read-only,
+        failing) is worth waiting for; anything else is a bug to show."""
         uri = self.client.tracking_uri
-        if "database is locked" in str(err):
+        if "database is locked" in str(err) or is_disk_fault(err):
             return True
-        return uri.startswith(("http://", "https://")) and not server_answers(uri, timeout=2.0)
+        return is_server(uri) and not server_answers(uri, timeout=2.0)
 
     def _ensure_parent(self) -> str:
-        found = self.client.search_runs(
-            [self.experiment_id], f"tags.`{TAG}.role` = 'parent' and tags.`{TAG}.sweep` = '{_quote(self.sweep)}'"
-        )
-        if found:
-            return found[0].info.run_id
-        run = self.client.create_run(
+        """The sweep's one parent run: the oldest, when drivers that started together each made one
+        (the others delete theirs), so that every driver reads and leases the same record."""
+        if parents := self._parents():
+            return parents[0].info.run_id
+        made = self.client.create_run(
             self.experiment_id,
             run_name=f"sweep {self.sweep}",
             tags={f"{TAG}.role": "parent", f"{TAG}.sweep": self.sweep},
         )
-        return run.info.run_id
+        oldest = self._parents()[0].info.run_id
+        if oldest != made.info.run_id:
+            self.client.delete_run(made.info.run_id)
+        return oldest
+
+    def _parents(self) -> list[Any]:
+        return parent_runs(self.client, self.sweep, self.experiment_id)
+
+    # --- the lease: one driver per sweep (see `scalesweep.lease`)
+
+    def take_lease(self) -> Lease:
+        """Take the sweep's lease and keep it alive with a heartbeat thread, or raise
+        `SweepBusy` naming the driver that holds it. Taken before anything is selected to run."""
+        held = Lease.from_tags(self._parent_tags())
+        if held is not None and held.alive():
+            raise lease.busy(self.sweep, held)
+        mine = Lease.mine()
+        self._call(self.client.log_batch, self.parent_id, tags=_run_tags(mine.tags()))
+        time.sleep(lease.SETTLE_SECONDS)  # a driver that started with this one writes now, or has written
+        held = Lease.from_tags(self._parent_tags())
+        if held is None or held.token != mine.token:
+            raise lease.busy(self.sweep, held or mine)
+        self._lease, self._beating = mine, threading.Event()
+        threading.Thread(target=self._beat, args=(self._beating,), name="scalesweep-lease", daemon=True).start()
+        return mine
+
+    def release_lease(self) -> None:
+        """Hand the lease back (if it is still this driver's). Never raises: it runs while an
+        error may be on its way out, and a lease that cannot be handed back expires anyway."""
+        mine, self._lease = getattr(self, "_lease", None), None
+        if mine is None:
+            return
+        self._beating.set()
+        with contextlib.suppress(Exception):
+            held = Lease.from_tags(self._parent_tags())
+            if held is not None and held.token == mine.token:
+                self.client.log_batch(self.parent_id, tags=_run_tags(lease.RELEASED))
+
+    def _beat(self, stop: threading.Event) -> None:
+        while not stop.wait(lease.HEARTBEAT_SECONDS):
+            with contextlib.suppress(Exception):  # a lost store is the driver's to report, not the heartbeat's
+                self.client.set_tag(self.parent_id, f"{lease.PREFIX}.heartbeat", f"{time.time():.3f}")
+
+    def _parent_tags(self) -> dict[str, str]:
+        return self._call(self.client.get_run, self.parent_id).data.tags
 
     def log_spec(
         self, spec_yaml: str, n_runs: int, params: dict[str, Any] | None = None, description: str = ""
@@ -282,8 +305,7 @@ class Tracker:
 
     def child_runs(self) -> list[ChildRun]:
         """Every child run of this sweep, paginated (a sweep may hold many thousands)."""
-        runs = self._call(search_all, self.client, self.experiment_id, child_query(self.sweep))
-        return [ChildRun(r.info.run_id, r.data.tags.get(f"{TAG}.run_key", ""), r.info.status) for r in runs]
+        return self._call(child_runs, self.client, self.sweep, self.experiment_id)
 
     def start_child(self, config: RunConfig) -> str:
         tags = {
@@ -325,6 +347,14 @@ class Tracker:
             self.figure_seconds += self.seconds - before
         self._call(self.client.set_terminated, run_id, "FINISHED")
 
+    def log_report(self, out_dir: Path, names: tuple[str, ...] = ("report.html", "verdicts.csv", "runs.csv")) -> None:
+        """Log what a report wrote (not whatever else its folder holds) to the parent run, under report/."""
+        for name in names:
+            if (out_dir / name).is_file():
+                self._call(self.client.log_artifact, self.parent_id, str(out_dir / name), artifact_path="report")
+        if (out_dir / "figures").is_dir():
+            self._call(self.client.log_artifacts, self.parent_id, str(out_dir / "figures"), "report/figures")
+
     def fail(self, run_id: str, error: str, traceback_text: str) -> None:
         self._call(self.client.log_batch, run_id, tags=[RunTag(f"{TAG}.error", error[:4000])])
         self._call(self.client.log_text, run_id, traceback_text, "traceback.txt")
@@ -334,6 +364,56 @@ class Tracker:
         """End a run that will not finish (driver gone, retried elsewhere)."""
         self._call(self.client.set_tag, run_id, f"{TAG}.abandoned", reason[:500])
         self._call(self.client.set_terminated, run_id, "KILLED")
+
+    # --- checkpoints: one per run, the artifact checkpoint/checkpoint.pt, its step a tag
+
+    def log_checkpoint(self, run_id: str, data: bytes, step: int) -> None:
+        """Store a run's checkpoint (replacing the one before), then tag its step: last, so that a
+        tag never names a checkpoint that is not there. The caller wrote the rows up to `step`."""
+        with tempfile.TemporaryDirectory(prefix="scalesweep-ckpt-") as folder:
+            path = Path(folder) / CHECKPOINT_FILE
+            path.write_bytes(data)
+            self._call(self.client.log_artifact, run_id, str(path), artifact_path=CHECKPOINT_DIR)
+        self._call(self.client.set_tag, run_id, CHECKPOINT_TAG, str(step))
+
+    def tag_resumed(self, run_id: str, step: int) -> None:
+        """Say on an attempt that it went on from a checkpoint at `step` (its rows before are copies)."""
+        self._call(self.client.set_tag, run_id, f"{TAG}.resumed_from", str(step))
+
+    def read_checkpoint(self, run_id: str) -> bytes | None:
+        """A run's checkpoint, or None when it has none that can be read (then its run starts over)."""
+        with tempfile.TemporaryDirectory(prefix="scalesweep-ckpt-") as folder:
+            try:
+                path = self._call(self.client.download_artifacts, run_id, f"{CHECKPOINT_DIR}/{CHECKPOINT_FILE}", folder)
+                return Path(path).read_bytes() if path else None
+            except TrackingLost:
+                raise
+            except Exception:  # not there (deleted, or a driver died mid-upload): start over
+                return None
+
+    def delete_checkpoint(self, run_id: str) -> None:
+        """Delete a run's checkpoint and its tag (its key finished). An artifact store that cannot
+        delete leaves the file, said once; the tag goes, so the checkpoint is never used again."""
+        try:
+            self._call(_delete_artifacts, self.client, run_id, CHECKPOINT_DIR)
+        except TrackingLost:
+            raise
+        except Exception as err:
+            self.notify(f"could not delete the checkpoint of run {run_id} ({first_line(err)}); it stays")
+        self._call(self.client.delete_tag, run_id, CHECKPOINT_TAG)
+
+
+def _delete_artifacts(client: MlflowClient, run_id: str, path: str) -> None:
+    """Delete a run's artifacts under `path` (MLflow's client has no call for it; its artifact
+    repositories do: local folders, mlflow-artifacts servers, S3, ...)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    uri = client.get_run(run_id).info.artifact_uri
+    get_artifact_repository(uri, tracking_uri=client.tracking_uri).delete_artifacts(path)
+
+
+def _run_tags(tags: dict[str, str]) -> list[RunTag]:
+    return [RunTag(key, value) for key, value in tags.items()]
 
 
 def _row_metrics(rows: list[dict[str, float]], timestamp_ms: int) -> list[Metric]:
@@ -393,17 +473,55 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
         return experiment.experiment_id
     location = None
     if not client.tracking_uri.startswith(("http://", "https://", "databricks")):
-        location = (Path("mlartifacts").resolve() / slug(name)).as_uri()
+        location = (Path("mlartifacts").resolve() / safe_name(name)).as_uri()
     return client.create_experiment(name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
 
 
-def existing_children(client: MlflowClient, sweep: str, experiment: str) -> list[ChildRun]:
-    """A sweep's child runs, read-only: an experiment that does not exist has none."""
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
+def child_runs(client: MlflowClient, sweep: str, experiment_id: str | None) -> list[ChildRun]:
+    """A sweep's child runs as ledger records, paginated; read-only: no experiment, no children.
+    (`experiment_id` of None: the sweep's experiment is looked up by name, see `experiment_named`.)"""
+    if experiment_id is None:
         return []
-    runs = search_all(client, found.experiment_id, child_query(sweep))
-    return [ChildRun(r.info.run_id, r.data.tags.get(f"{TAG}.run_key", ""), r.info.status) for r in runs]
+    runs = search_all(client, experiment_id, child_query(sweep))
+    return [
+        ChildRun(
+            r.info.run_id,
+            r.data.tags.get(f"{TAG}.run_key", ""),
+            r.info.status,
+            r.info.start_time or 0,
+            _int_or_none(r.data.tags.get(CHECKPOINT_TAG)),
+        )
+        for r in runs
+    ]
+
+
+def _int_or_none(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def parent_runs(client: MlflowClient, sweep: str, experiment_id: str | None) -> list[Any]:
+    """The sweep's parent runs, oldest first (the one its drivers use: `Tracker._ensure_parent`)."""
+    if experiment_id is None:
+        return []
+    query = f"tags.`{TAG}.role` = 'parent' and tags.`{TAG}.sweep` = '{_quote(sweep)}'"
+    found = client.search_runs([experiment_id], query)
+    return sorted(found, key=lambda run: (run.info.start_time or 0, run.info.run_id))
+
+
+def live_lease(client: MlflowClient, sweep: str, experiment_id: str | None) -> Lease | None:
+    """The lease of the driver running the sweep now, if one is (for `status`)."""
+    parents = parent_runs(client, sweep, experiment_id)
+    held = Lease.from_tags(parents[0].data.tags) if parents else None
+    return held if held is not None and held.alive() else None
+
+
+def experiment_named(client: MlflowClient, name: str) -> str | None:
+    """The id of an existing experiment, or None (never creates one)."""
+    found = client.get_experiment_by_name(name)
+    return None if found is None else found.experiment_id
 
 
 def child_query(sweep: str) -> str:
@@ -441,18 +559,6 @@ def sweep_params(spec: Any, configs: list[RunConfig]) -> dict[str, Any]:
     return params
 
 
-def sweep_counts(children: list[ChildRun], configs: list[RunConfig]) -> dict[str, int]:
-    """The sweep's outcome in the store: planned runs finished, failed (and not finished since),
-    and missing (never run, or interrupted)."""
-    statuses: dict[str, set[str]] = {}
-    for child in children:
-        statuses.setdefault(child.run_key, set()).add(child.status)
-    keys = {c.run_key for c in configs}
-    finished = sum(1 for k in keys if "FINISHED" in statuses.get(k, ()))
-    failed = sum(1 for k in keys if "FAILED" in statuses.get(k, ()) and "FINISHED" not in statuses[k])
-    return {"planned": len(keys), "finished": finished, "failed": failed, "missing": len(keys) - finished - failed}
-
-
 def flat_params(config: RunConfig) -> dict[str, Any]:
     """Short flat params: task.p, model.depth, lr, weight_decay, ..."""
     params = {"task": config.task, "family": config.family, "parametrization": config.parametrization}
@@ -471,6 +577,65 @@ def _quote(text: str) -> str:
     return text.replace("\\", "\\\\").replace("'", "\\'")
 
 
-def slug(name: str) -> str:
-    """A name safe as one path component (for artifact and report folders)."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+# ---------------------------------------------------------------- the runs table
+
+RUN_TAGS_LEFT_OUT = ("role", "sweep", "ensemble_key", "error", "checkpoint_step", "resumed_from")  # no columns
+
+
+def runs_table(
+    sweep: str, experiment: str, tracking_uri: str | None = None, finished_only: bool = True
+) -> pd.DataFrame:
+    """Child runs of a sweep as a tidy table, one row per run: axes and grid values (from the
+    `scalesweep.*` tags, as numbers where they are), every metric's latest value, status, ids,
+    name and start time. One paginated search; reading never creates a store."""
+    import pandas as pd
+
+    client = client_for(tracking_uri, create=False)
+    experiment_id = experiment_named(client, experiment)
+    if experiment_id is None:
+        raise UserError(
+            f'no MLflow experiment "{experiment}" at {client.tracking_uri}: has the sweep run? '
+            f"Run `scalesweep run SPEC` first, or pass the --tracking-uri it was recorded to."
+        )
+    table = pd.DataFrame([_row(run) for run in search_all(client, experiment_id, child_query(sweep))])
+    if table.empty:
+        return table
+    if finished_only:
+        table = table[table["status"] == "FINISHED"].reset_index(drop=True)
+    return table
+
+
+def _row(run: Any) -> dict[str, Any]:
+    tags = run.data.tags
+    prefix = f"{TAG}."
+    row: dict[str, Any] = {
+        "run_id": run.info.run_id,
+        "status": run.info.status,
+        "run_name": tags.get("mlflow.runName", ""),
+        "start_time": run.info.start_time,
+    }
+    for name, value in tags.items():
+        key = name.removeprefix(prefix)
+        if name.startswith(prefix) and key not in RUN_TAGS_LEFT_OUT:
+            row[key] = value if key == "run_key" else _number(value)  # a hex key may look like 12e4...
+    row.update(run.data.metrics)
+    return row
+
+
+def _number(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+# ---------------------------------------------------------------- the UI
+
+
+def ui_command(uri: str, host: str, port: int) -> list[str]:
+    """The `mlflow ui` command line that `scalesweep ui` runs: always with an explicit --host."""
+    mlflow_bin = shutil.which("mlflow")
+    launcher = [mlflow_bin] if mlflow_bin else [sys.executable, "-m", "mlflow"]
+    return [*launcher, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from scalesweep import track
+from scalesweep import store
+from scalesweep.ledger import Ledger
 from scalesweep.plan import plan
 from scalesweep.spec import parse_spec
 from tests.conftest import TINY_SPEC, fresh_store
@@ -25,11 +26,11 @@ def uri(tmp_path_factory, empty_store) -> str:
 
 def test_experiment_parent_params_outcome_and_description_read_back(workdir, uri):
     configs = plan(SPEC)
-    tracker = track.Tracker(track.client_for(uri), SPEC.name, SPEC.experiment_name)
-    tracker.log_spec("name: tracked\n", len(configs), track.sweep_params(SPEC, configs), "A test sweep.")
+    tracker = store.Tracker(store.client_for(uri), SPEC.name, SPEC.experiment_name)
+    tracker.log_spec("name: tracked\n", len(configs), store.sweep_params(SPEC, configs), "A test sweep.")
     child_id = tracker.start_child(configs[0])
     tracker.finish(child_id, {"final_test_acc": 1.0}, 20, 0)
-    tracker.log_outcome(track.sweep_counts(tracker.child_runs(), configs), 0)
+    tracker.log_outcome(Ledger(tracker.child_runs()).outcome(configs), 0)
 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("scalesweep/tracked")
@@ -49,9 +50,9 @@ def test_experiment_parent_params_outcome_and_description_read_back(workdir, uri
     assert child.info.run_name == "seed=0 w=8 n=30 weight_decay=0.1"  # the seed first: never cut off
 
     # The same sweep again, one run more (as after `scalesweep refine`): params stay, the new count is a tag.
-    again = track.Tracker(track.client_for(uri), SPEC.name, SPEC.experiment_name)
+    again = store.Tracker(store.client_for(uri), SPEC.name, SPEC.experiment_name)
     assert again.parent_id == tracker.parent_id
-    again.log_spec("name: tracked\n", 37, {**track.sweep_params(SPEC, configs), "n_runs": 37}, "A test sweep.")
+    again.log_spec("name: tracked\n", 37, {**store.sweep_params(SPEC, configs), "n_runs": 37}, "A test sweep.")
     parent = client.get_run(tracker.parent_id)
     assert parent.data.params["n_runs"] == "36" and parent.data.tags["scalesweep.now.n_runs"] == "37"
 
@@ -60,21 +61,35 @@ def test_an_existing_experiment_gets_the_kind_unless_it_has_one(workdir, uri):
     client = MlflowClient(uri)
     old = client.create_experiment("scalesweep/old")
     mine = client.create_experiment("scalesweep/mine", tags={"mlflow.experimentKind": "finetuning"})
-    assert track.ensure_experiment(client, "scalesweep/old") == old
-    assert track.ensure_experiment(client, "scalesweep/mine") == mine
+    assert store.ensure_experiment(client, "scalesweep/old") == old
+    assert store.ensure_experiment(client, "scalesweep/mine") == mine
     assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
     assert client.get_experiment(mine).tags["mlflow.experimentKind"] == "finetuning"
 
 
-def test_sweep_counts_take_a_later_finish_over_an_earlier_failure():
-    configs = plan(SPEC)[:4]
-    k = [c.run_key for c in configs]
-    children = [
-        track.ChildRun("a", k[0], "FINISHED"),
-        track.ChildRun("b", k[1], "FAILED"),
-        track.ChildRun("c", k[1], "FINISHED"),  # rerun with --rerun-failed
-        track.ChildRun("d", k[2], "FAILED"),
-        track.ChildRun("e", k[3], "KILLED"),
-        track.ChildRun("f", "not-planned", "FINISHED"),
-    ]
-    assert track.sweep_counts(children, configs) == {"planned": 4, "finished": 2, "failed": 1, "missing": 1}
+def test_the_report_is_logged_through_the_writers_patience(workdir, uri, tmp_path):
+    """`report` logs what it wrote (not whatever else --out holds) to the parent run, every call
+    through `Tracker._call` (so a lost server is waited out, as for every other write)."""
+    out = tmp_path / "report"
+    (out / "figures").mkdir(parents=True)
+    for name in ("report.html", "verdicts.csv", "notes.txt"):
+        (out / name).write_text(name, encoding="utf-8")
+    (out / "figures" / "a.png").write_bytes(b"png")
+    tracker = store.Tracker(store.client_for(uri), "reported", "scalesweep/reported")
+    called, original = [], tracker._call
+    tracker._call = lambda fn, *args, **kwargs: called.append(fn.__name__) or original(fn, *args, **kwargs)
+    tracker.log_report(out)
+    assert called == ["log_artifact", "log_artifact", "log_artifacts"]
+    logged = {a.path for a in MlflowClient(uri).list_artifacts(tracker.parent_id, "report")}
+    assert logged == {"report/report.html", "report/verdicts.csv", "report/figures"}
+
+
+def test_child_runs_are_ledger_records_and_an_absent_experiment_has_none(workdir, uri):
+    client = store.client_for(uri, create=False)
+    assert store.experiment_named(client, "scalesweep/never-made") is None
+    assert store.child_runs(client, "never-made", None) == []
+    tracker = store.Tracker(client, "ledgered", "scalesweep/ledgered")
+    run_id = tracker.start_child(plan(SPEC)[0])
+    (child,) = store.child_runs(client, "ledgered", store.experiment_named(client, "scalesweep/ledgered"))
+    assert (child.run_id, child.run_key, child.status) == (run_id, plan(SPEC)[0].run_key, "RUNNING")
+    assert child.start_time > 0 and tracker.child_runs() == [child]

@@ -1,0 +1,12 @@
+"""Planning: a SweepSpec in, the runs it asks for out, each a RunConfig with its run key.
+
+runconfig.py  RunConfig (one run, fully resolved) and its run key
+designs.py    how a grid slice's points are chosen: grid, IsoFLOP; refine's added points
+expand.py     plan(spec): grid slices x the design's points, then refinements
+compute.py    n_params (closed form per family), tokens per example, FLOPs
+"""
+
+from scalesweep.plan.expand import plan, refined_run
+from scalesweep.plan.runconfig import RunConfig, group_by_ensemble, stable_hash
+
+__all__ = ["RunConfig", "group_by_ensemble", "plan", "refined_run", "stable_hash"]
