@@ -151,6 +151,7 @@ def load_phenomena(spec: SweepSpec) -> list[Phenomenon]:
 def with_step_series(runs: pd.DataFrame, phenomena: list[Phenomenon], client: Any) -> pd.DataFrame:
     """The runs with the step series their phenomena read (`first_step(...)`, `series_max(...)`),
     fetched for the whole sweep at once; the runs unchanged when no phenomenon reads one."""
+    from scalesweep import store
     from scalesweep.analysis import series
 
     exprs = [expr for ph in phenomena for expr in ph.expressions_used()]
@@ -158,7 +159,7 @@ def with_step_series(runs: pd.DataFrame, phenomena: list[Phenomenon], client: An
     needed = series.series_needed(exprs, params)
     if not needed:
         return runs
-    return series.attach(runs, series.read_step_series(client, list(runs["run_id"].astype(str)), needed))
+    return series.attach(runs, store.read_step_series(client, list(runs["run_id"].astype(str)), needed))
 
 
 def current_verdicts(

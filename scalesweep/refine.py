@@ -18,7 +18,7 @@ Along the derived `compute` axis nothing is proposed (compute is not a knob;
 refine along model_size or data_size instead).
 
 **Where the added runs are recorded.** In a sidecar next to the spec,
-`sweeps/x.yaml` -> `sweeps/x.refine.yaml` (`spec.refine_path`), which
+`sweeps/x.yaml` -> `sweeps/x.refine.yaml` (`sidecar.py`), which
 `load_spec` merges into the spec's `refinements`. So every command that
 loads the spec (plan, run, status, report, refine again) sees the added
 points; a rerun of the original spec neither repeats them (same run key,
@@ -42,12 +42,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
+from scalesweep import sidecar
 from scalesweep.analysis.phenomena import Phenomenon, evaluate
 from scalesweep.analysis.slices import slices
 from scalesweep.plan import plan, refined_run
-from scalesweep.spec import RefinePoint, SweepSpec, read_refinements, refine_path
+from scalesweep.sidecar import RefinePoint
+from scalesweep.spec import SweepSpec
 
 BEYOND = 4.0  # an extrapolated vanishing point at most this factor past the largest point is "just outside"
 MORE_SEEDS = ("no_spread", "not_significant", "below_min_effect", "no_min_effect")  # reasons seeds may decide
@@ -197,13 +198,5 @@ def _within_budget(spec: SweepSpec, proposals: list[Proposal], budget: int) -> l
 
 
 def record(spec_path: Path, proposals: list[Proposal]) -> Path:
-    """Append the proposals' points to the spec's refine sidecar; return its path."""
-    path = refine_path(spec_path)
-    points = read_refinements(path) + [point for proposal in proposals for point in proposal.points]
-    header = (
-        f"# Runs added by `scalesweep refine` to {Path(spec_path).name}; every command that loads the spec\n"
-        f"# plans them too. Delete this file to drop them from the plan (their runs stay in MLflow).\n"
-    )
-    body = yaml.safe_dump({"refinements": [p.model_dump(exclude_none=True) for p in points]}, sort_keys=False)
-    path.write_text(header + body, encoding="utf-8")
-    return path
+    """Append the proposals' points to the spec's refine sidecar (`sidecar.py`); return its path."""
+    return sidecar.append_refinements(spec_path, [point for proposal in proposals for point in proposal.points])

@@ -16,8 +16,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from scalesweep import safe_yaml
+from scalesweep import safe_yaml, sidecar
 from scalesweep.errors import UserError, did_you_mean
+from scalesweep.sidecar import RefinePoint
 from scalesweep.uris import local_path
 
 MAX_RUNS_WITHOUT_CONFIRM = 10_000
@@ -160,17 +161,6 @@ class DesignSpec(StrictModel):
         if self.kind == "grid" and self.budgets:
             raise ValueError('budgets belong to kind "isoflop"; a grid design takes its sizes from axes')
         return self
-
-
-class RefinePoint(StrictModel):
-    """One run added by `scalesweep refine`, kept in `<spec>.refine.yaml` (see refine.py)."""
-
-    model_size: int = Field(ge=1)
-    data_size: int | None = Field(default=None, ge=1, description="grid design")
-    budget: float | None = Field(default=None, gt=0, description="isoflop design")
-    seed: int
-    grid: dict[str, Any] = Field(default_factory=dict, description="short grid name -> value of the slice")
-    reason: str = ""
 
 
 class TrackingSpec(StrictModel):
@@ -415,27 +405,8 @@ def load_spec(path: str | Path) -> SweepSpec:
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: cannot read the spec ({err}).") from None
     spec = parse_spec(text, source=str(path))
-    added = read_refinements(refine_path(path))
+    added = sidecar.read_refinements(sidecar.refine_path(path))  # runs `scalesweep refine` added (sidecar.py)
     return spec.model_copy(update={"refinements": [*spec.refinements, *added]}) if added else spec
-
-
-def refine_path(spec_path: str | Path) -> Path:
-    """The sidecar where `scalesweep refine` records the runs it added: sweeps/x.yaml -> sweeps/x.refine.yaml."""
-    return Path(spec_path).with_suffix(".refine.yaml")
-
-
-def read_refinements(path: Path) -> list[RefinePoint]:
-    """The points of a refine sidecar ([] when there is none)."""
-    if not path.is_file():
-        return []
-    data = safe_yaml.load(path.read_text(encoding="utf-8"), str(path)) or {}
-    try:
-        return [RefinePoint.model_validate(p) for p in (data.get("refinements") or [])]
-    except (ValidationError, AttributeError) as err:
-        raise UserError(
-            f"{path}: not a refine record ({_one_line_error(err)}). It is written by `scalesweep refine`; "
-            f"delete it to drop the added runs from the plan (they stay in MLflow)."
-        ) from None
 
 
 def _one_line_error(err: Exception) -> str:

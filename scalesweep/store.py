@@ -443,6 +443,23 @@ def read_metric_histories(client: MlflowClient, run_ids: list[str], keys: list[s
     return rows
 
 
+def read_step_series(client: MlflowClient, run_ids: list[str], keys: list[str]) -> pd.DataFrame:
+    """The step series `keys` of `run_ids` as a wide table (run_id, step, one column per key), the
+    form `analysis.series` evaluates step functions on; read by `read_metric_histories` (one query
+    per sweep on a SQL store). A summary logged under the same key at the last step is one more
+    point of its series."""
+    import pandas as pd
+
+    if not keys:
+        return pd.DataFrame(columns=["run_id", "step"])
+    rows = read_metric_histories(client, run_ids, keys)
+    long = pd.DataFrame(rows, columns=["run_id", "metric", "step", "value"])
+    long = long.drop_duplicates(["run_id", "metric", "step"], keep="last")
+    wide = long.pivot(index=["run_id", "step"], columns="metric", values="value").reset_index()
+    wide.columns.name = None
+    return wide.reindex(columns=["run_id", "step", *keys])
+
+
 def reads_in_bulk(client: MlflowClient) -> bool:
     """Whether the client's store is a SQL store, which `read_metric_histories` reads in one query."""
     return hasattr(getattr(getattr(client, "_tracking_client", None), "store", None), "ManagedSessionMaker")

@@ -12,7 +12,8 @@ from scalesweep.analysis.classify import classify_runs
 from scalesweep.analysis.phenomena import Phenomenon
 from scalesweep.plan import plan
 from scalesweep.refine import propose, record
-from scalesweep.spec import load_spec, refine_path
+from scalesweep.sidecar import refine_path
+from scalesweep.spec import load_spec
 from tests.conftest import RAY_ENV, TINY_SPEC, cli, fresh_store, run_on, write_spec
 
 SIZES = [8, 32, 128, 512, 2048]

@@ -106,7 +106,6 @@ def test_validate_refuses_a_step_function_of_a_summary_and_accepts_one_of_a_step
 
 def test_step_series_read_back_from_mlflow_in_one_query(workdir, empty_store, monkeypatch):
     from scalesweep import store
-    from scalesweep.analysis import series
     from scalesweep.plan import plan
     from scalesweep.spec import parse_spec
     from tests.conftest import TINY_SPEC, fresh_store
@@ -126,7 +125,7 @@ def test_step_series_read_back_from_mlflow_in_one_query(workdir, empty_store, mo
     calls = []
     sql = store._sql_histories
     monkeypatch.setattr(store, "_sql_histories", lambda *a: calls.append(a[2]) or sql(*a))
-    table = series.read_step_series(client, list(runs["run_id"]), ["test_acc", "train_loss"])
+    table = store.read_step_series(client, list(runs["run_id"]), ["test_acc", "train_loss"])
     assert calls == [["test_acc", "train_loss"]]  # one query for the sweep, not one per run or metric
     assert len(table) == 6 and set(table.columns) == {"run_id", "step", "test_acc", "train_loss"}
     steps = expressions.evaluate("first_step(test_acc >= 1)", runs, series=table)
@@ -164,14 +163,13 @@ def test_the_long_series_of_a_phenomenon_record_matched_by_run_key():
 
 
 def test_the_report_fetches_only_the_series_its_phenomena_read(monkeypatch):
-    from scalesweep import commands
-    from scalesweep.analysis import series
+    from scalesweep import commands, store
     from scalesweep.analysis.phenomena import Phenomenon
 
     runs = pd.DataFrame({"run_id": ["a", "b"], "final_test_acc": [1.0, 1.0]})
     asked = []
     table = pd.DataFrame({"run_id": ["a", "a", "b", "b"], "step": [0, 10, 0, 10], "test_acc": [0.0, 1.0, 0.0, 0.0]})
-    monkeypatch.setattr(series, "read_step_series", lambda client, ids, keys: asked.append((ids, keys)) or table)
+    monkeypatch.setattr(store, "read_step_series", lambda client, ids, keys: asked.append((ids, keys)) or table)
     plain = Phenomenon(name="plain", strength="final_test_acc")
     assert commands.with_step_series(runs, [plain], client=None) is runs and asked == []
     onset = Phenomenon(name="onset", strength="first_step(test_acc >= 1)")

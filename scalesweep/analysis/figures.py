@@ -7,27 +7,41 @@ matplotlib would read a `$` in a run's name as the start of a formula.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")  # reports are written headless, on workers and in CI
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
-
-plt.style.use("seaborn-v0_8-whitegrid")  # seaborn's look before seaborn is imported (see `_seaborn`)
 DEEP_BLUE = "#4c72b0"  # seaborn's first colour
+
+
+@functools.cache
+def pyplot():
+    """matplotlib's pyplot, headless (Agg: reports are written on workers and in CI), with
+    seaborn's look before seaborn is imported (see `_seaborn`). Imported on first use (~0.3 s):
+    `classify TABLE.csv` imports it while its slices are classified in forked workers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.style.use("seaborn-v0_8-whitegrid")
+    return plt
+
+
+def _no_minor_ticks(axis) -> None:
+    from matplotlib.ticker import NullLocator
+
+    axis.set_minor_locator(NullLocator())
 
 
 def _seaborn():
     """seaborn, imported on first use, with its theme: the import costs ~0.7 s (it imports
     scipy.stats), which a report drawn only with small multiples does not need."""
+    pyplot()  # headless first
     import seaborn as sns
 
     sns.set_theme(style="whitegrid", context="notebook")
@@ -70,7 +84,7 @@ def strength_vs_axis(
     slice, shared axes (so 30 or more slices stay readable on one page)."""
     if len(order) >= SMALL_MULTIPLES_FROM:
         return _small_multiples(points, axis, slice_col, order, title, ylabel, path, curves, presence)
-    fig, ax = plt.subplots(figsize=(8.0, 4.4))
+    fig, ax = pyplot().subplots(figsize=(8.0, 4.4))
     data = points.dropna(subset=["strength"])
     palette_name = None if len(order) <= 10 else "husl"  # seaborn's default repeats after 10 colours
     sns = _seaborn()
@@ -117,7 +131,7 @@ def _small_multiples(points, axis, slice_col, order, title, ylabel, path, curves
     data = points.dropna(subset=["strength"])
     cols = min(PANELS_PER_ROW, len(order))
     rows = -(-len(order) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.0 * rows + 0.9), sharex=True, sharey=True)
+    fig, axes = pyplot().subplots(rows, cols, figsize=(2.6 * cols, 2.0 * rows + 0.9), sharex=True, sharey=True)
     axes = np.atleast_1d(axes).ravel()
     by_slice = {c.slice: c for c in curves}
     colour = DEEP_BLUE
@@ -138,7 +152,7 @@ def _small_multiples(points, axis, slice_col, order, title, ylabel, path, curves
         ax.set_visible(False)
     # No minor ticks on the shared log axis: each is an artist per panel, and drawing them
     # cost half the figure's time (30 panels: ~1 s); the decades are labelled.
-    axes[0].xaxis.set_minor_locator(NullLocator())
+    _no_minor_ticks(axes[0].xaxis)
     fig.supxlabel(_plain(axis), fontsize="small")
     fig.supylabel(_plain(ylabel) if len(ylabel) <= 24 else "strength", fontsize="small")
     fig.suptitle(_plain(title) + " (dashed: fitted curve; dotted: extrapolated)", fontsize="medium")
@@ -178,8 +192,10 @@ def _log_axis(ax, values: pd.Series) -> None:
     ticks = np.sort(pd.to_numeric(values, errors="coerce").dropna().unique())
     ticks = ticks[ticks > 0]
     if 0 < len(ticks) <= MAX_LABELLED_TICKS:
+        from matplotlib.ticker import FixedLocator
+
         ax.xaxis.set_major_locator(FixedLocator(ticks))
-        ax.xaxis.set_minor_locator(NullLocator())
+        _no_minor_ticks(ax.xaxis)
         ax.set_xticklabels([f"{t:g}" for t in ticks], fontsize="small")
 
 
@@ -190,7 +206,7 @@ def regime_shares_vs_axis(table: pd.DataFrame, *, axis: str, labels: Sequence[st
     full = table.groupby(axis)["regime"].value_counts(normalize=True).unstack("regime").fillna(0.0)
     labels = _all_labels(labels, full.columns)
     colours = _regime_colours(labels)
-    fig, ax = plt.subplots(figsize=(8.0, 4.4))
+    fig, ax = pyplot().subplots(figsize=(8.0, 4.4))
     for label in (label for label in labels if label in full.columns):
         ax.plot(full.index, full[label], marker="o", color=colours[label], label=_plain(label))
     _log_axis(ax, table[axis])
@@ -222,7 +238,7 @@ def regime_phase_diagram(table: pd.DataFrame, *, x: str, y: str, labels: Sequenc
     text = dominant.apply(lambda col: col.map(lambda v: _plain(_abbreviate(v) if short else v)))
     text = text + share.map(lambda v: f"\n{v:.0%}")
     palette = list(_regime_colours(labels).values())
-    fig, ax = plt.subplots(figsize=(min(4.0 + 1.1 * len(codes.columns), 12.0), 4.6))
+    fig, ax = pyplot().subplots(figsize=(min(4.0 + 1.1 * len(codes.columns), 12.0), 4.6))
     _seaborn().heatmap(
         codes,
         annot=text.to_numpy(),
@@ -239,6 +255,8 @@ def regime_phase_diagram(table: pd.DataFrame, *, x: str, y: str, labels: Sequenc
     ax.set_yticklabels([_tick(v) for v in codes.index], rotation=0)
     ax.invert_yaxis()
     used = [label for label in labels if label in set(dominant.stack())]
+    from matplotlib.patches import Patch
+
     handles = [Patch(color=palette[labels.index(label)], label=_plain(label)) for label in used]
     ax.legend(handles=handles, bbox_to_anchor=(1.02, 1), loc="upper left", fontsize="small", title="regime")
     ax.set(title=_plain(title), xlabel=_plain(x), ylabel=_plain(y))
@@ -264,7 +282,7 @@ def _save(fig, path: Path, tight: bool = True) -> Path:
     if tight:
         fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -295,7 +313,9 @@ def over_steps(
     cols = min(columns or PANELS_PER_ROW, max(len(order), 1))
     rows = max(1, -(-len(order) // cols))
     height = 2.0 * rows + 0.9  # inches: the fixed margins below are in inches too
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols + 0.4, height), sharex=True, sharey=True, squeeze=False)
+    fig, axes = pyplot().subplots(
+        rows, cols, figsize=(2.6 * cols + 0.4, height), sharex=True, sharey=True, squeeze=False
+    )
     axes = axes.ravel()
     for ax, name in zip(axes, order, strict=False):
         _steps_panel(ax, data[data[panel_col] == name], value, seed_col)
@@ -308,7 +328,7 @@ def over_steps(
         ax.set_visible(False)
     if len(data):
         axes[0].set_xscale("log")
-        axes[0].xaxis.set_minor_locator(NullLocator())
+        _no_minor_ticks(axes[0].xaxis)
     fig.supxlabel("training step", fontsize="small")
     fig.supylabel(_plain(ylabel) if len(ylabel) <= 28 else _plain(value), fontsize="small")
     fig.suptitle(_plain(title), fontsize="medium")

@@ -222,24 +222,8 @@ def call(
     return out
 
 
-def read_step_series(client, run_ids: list[str], keys: list[str]) -> pd.DataFrame:
-    """The step series `keys` of `run_ids` from MLflow as a wide table (run_id, step, one column
-    per key), read by `store.read_metric_histories` (one query per sweep on a SQL store). A
-    summary logged under the same key at the last step is one more point of its series."""
-    from scalesweep import store
-
-    if not keys:
-        return pd.DataFrame(columns=["run_id", "step"])
-    rows = store.read_metric_histories(client, run_ids, keys)
-    long = pd.DataFrame(rows, columns=["run_id", "metric", "step", "value"])
-    long = long.drop_duplicates(["run_id", "metric", "step"], keep="last")
-    wide = long.pivot(index=["run_id", "step"], columns="metric", values="value").reset_index()
-    wide.columns.name = None
-    return wide.reindex(columns=["run_id", "step", *keys])
-
-
 def series_needed(exprs, params=()) -> list[str]:
-    """The step series a list of expressions reads (to fetch with `read_step_series`), `step` and
+    """The step series a list of expressions reads (to fetch with `store.read_step_series`), `step` and
     parameters left out."""
     from scalesweep.analysis.expressions import parse
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scalesweep.analysis.classify import classify_jobs, slice_jobs
+from scalesweep.analysis import figures
+from scalesweep.analysis.classify import slice_jobs, submit_jobs
 from scalesweep.analysis.load import require_option_columns, runs_from_csv
 from scalesweep.analysis.phenomena import Phenomenon
 from scalesweep.analysis.report import ReportHeader, write_report
@@ -119,7 +120,9 @@ def _classify_groups(runs: pd.DataFrame, opts: TableOptions, n_boot: int) -> tup
         ph = _phenomenon(rows, opts)
         jobs += slice_jobs(rows, [ph], [opts.axis], opts.group, seed=opts.seed, n_boot=n_boot)
         defaulted.append(_defaults_note(opts, key, ph))
-    verdicts = classify_jobs(jobs, fdr=0.05)  # one pool of slices: across cores when they are many
+    waiting = submit_jobs(jobs)  # one pool of slices: across cores when they are many
+    figures.pyplot()  # the report's matplotlib imports (~0.3 s) while the workers classify
+    verdicts = waiting(0.05)
     notes = [n for n in defaulted if n]
     return verdicts, notes if len(notes) <= 12 else [*notes[:12], f"... and {len(notes) - 12} more groups."]
 

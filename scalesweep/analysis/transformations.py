@@ -85,11 +85,13 @@ def find_pairs(
     declared = {(ph.name, ph.becomes) for ph in phenomena if getattr(ph, "becomes", None)}
     candidates = []
     for (axis, label), rows in verdicts.groupby(["axis", "slice"], sort=False):
-        rows = list(rows.itertuples(index=False))
-        for a in rows:
-            for b in rows:
-                if a.phenomenon != b.phenomenon:
-                    candidates.append((axis, label, pd.Series(a._asdict()), pd.Series(b._asdict())))
+        if rows["phenomenon"].nunique() < 2:  # a pair needs two phenomena in the slice
+            continue
+        records = rows.to_dict("records")
+        for a in records:
+            for b in records:
+                if a["phenomenon"] != b["phenomenon"]:
+                    candidates.append((axis, label, pd.Series(a), pd.Series(b)))
     out = []
     for is_declared in (True, False):
         family = [c for c in candidates if ((c[2]["phenomenon"], c[3]["phenomenon"]) in declared) == is_declared]

@@ -36,7 +36,8 @@ from scalesweep.errors import UserError
 from scalesweep.flops import FLOPS_PER_PARAM_TOKEN
 from scalesweep.plan.compute import n_params_of, steps_for, tokens_per_example
 from scalesweep.plan.runconfig import RunConfig, run_config, with_values
-from scalesweep.spec import RefinePoint, SweepSpec
+from scalesweep.sidecar import RefinePoint
+from scalesweep.spec import SweepSpec
 
 TOLERANCE = 0.05  # largest relative miss of the budget an IsoFLOP point may have
 

@@ -12,7 +12,8 @@ from typing import Any
 
 from scalesweep.plan.designs import DESIGNS, refined_point
 from scalesweep.plan.runconfig import RunConfig, with_values
-from scalesweep.spec import RefinePoint, SweepSpec
+from scalesweep.sidecar import RefinePoint
+from scalesweep.spec import SweepSpec
 
 
 def base_of(spec: SweepSpec) -> dict[str, Any]:
