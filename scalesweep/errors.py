@@ -25,10 +25,16 @@ def did_you_mean(given: str, valid: Iterable[str]) -> str:
     return f' (did you mean "{matches[0]}"?)' if matches else ""
 
 
-def unknown_name(kind: str, given: str, valid: Iterable[str]) -> UserError:
-    """Build the standard error for a name that is not in a registry."""
+def unknown_text(kind: str, given: str, valid: Iterable[str]) -> str:
+    """The standard words for a name that is not in a registry: what was given, the closest
+    valid name, and every valid one (the spec's field errors and the registries' lookups)."""
     valid = sorted(valid)
-    return UserError(f'unknown {kind} "{given}"{did_you_mean(given, valid)}; valid {kind}s are: {", ".join(valid)}.')
+    return f'unknown {kind} "{given}"{did_you_mean(given, valid)}; valid: {", ".join(valid)}'
+
+
+def unknown_name(kind: str, given: str, valid: Iterable[str]) -> UserError:
+    """`unknown_text` as the error to raise."""
+    return UserError(unknown_text(kind, given, valid) + ".")
 
 
 def first_line(err: BaseException) -> str:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from scalesweep import safe_yaml, sidecar
-from scalesweep.errors import UserError, did_you_mean
+from scalesweep.errors import UserError, did_you_mean, unknown_text
 from scalesweep.sidecar import RefinePoint
 from scalesweep.uris import local_path
 
@@ -43,7 +43,7 @@ class TaskSpec(StrictModel):
         from scalesweep.zoo import TASKS
 
         if self.name not in TASKS:
-            raise ValueError(_unknown("task", self.name, TASKS))
+            raise ValueError(unknown_text("task", self.name, TASKS))
         _validate_params(TASKS[self.name].params_model, self.params, f'task "{self.name}"')
         return self
 
@@ -58,7 +58,7 @@ class ModelSpec(StrictModel):
         from scalesweep.zoo import FAMILIES
 
         if self.family not in FAMILIES:
-            raise ValueError(_unknown("model family", self.family, FAMILIES))
+            raise ValueError(unknown_text("model family", self.family, FAMILIES))
         _validate_params(FAMILIES[self.family].params_model, self.params, f'model family "{self.family}"')
         return self
 
@@ -271,7 +271,7 @@ class SweepSpec(StrictModel):
             if ":" in name and not USER_OBSERVABLE.fullmatch(name):
                 raise ValueError(f'"{name}" is not of the form module:function (e.g. mypackage.metrics:margin)')
             if ":" not in name and name not in OBSERVABLES:
-                raise ValueError(_unknown("observable", name, OBSERVABLES))
+                raise ValueError(unknown_text("observable", name, OBSERVABLES))
         return names
 
     @field_validator("phenomena")
@@ -388,11 +388,6 @@ def _validate_params(params_model: type[BaseModel], params: dict[str, Any], owne
                 f'{owner} has no parameter "{name}"{did_you_mean(name, valid)}; its parameters: {", ".join(valid)}'
             ) from None
         raise ValueError(f'{owner} parameter "{name}": {first["msg"]} (given: {_short(first.get("input"))})') from None
-
-
-def _unknown(kind: str, given: str, valid: Any) -> str:
-    names = sorted(valid)
-    return f'unknown {kind} "{given}"{did_you_mean(given, names)}; valid: {", ".join(names)}'
 
 
 def load_spec(path: str | Path) -> SweepSpec:
