@@ -94,6 +94,9 @@ def test_a_read_only_working_directory_is_a_clear_error(small_disk, empty_store,
     assert classify.returncode == 2, text
     assert "read-only" in text.lower() and "--out" in text
 
+    report = cli("report", str(spec), cwd=small_disk, timeout=120)  # nothing to report, said in a paragraph
+    assert report.returncode == 2 and "Traceback" not in report.stdout + report.stderr
+
     status = cli("status", str(spec), cwd=small_disk, timeout=120)  # only reads: it works
     one_paragraph(status)
     assert status.returncode == 0, status.stdout + status.stderr
