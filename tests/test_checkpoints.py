@@ -18,9 +18,10 @@ import torch
 from scalesweep import store
 from scalesweep.ledger import ChildRun, Ledger
 from scalesweep.plan import RunConfig, plan
-from scalesweep.spec import CheckpointSpec, TrainingSpec, parse_spec
+from scalesweep.spec import CheckpointSpec, parse_spec
 from scalesweep.train import Checkpointer, train_ensemble, train_one, train_runs
 from tests.conftest import cli, fast_spec, fresh_store, kill_session, wait_until, write_spec
+from tests.test_ensemble import configs as ensemble_configs
 from tests.test_faults import assert_complete, start_driver
 
 CPU = torch.device("cpu")
@@ -40,24 +41,9 @@ NOT_COMPARED = {"train_seconds"}
 
 
 def configs(seeds=(0, 1, 2), **training) -> list[RunConfig]:
-    """Minibatches (the data-order generator matters) with AdamW (the optimiser state matters)."""
-    t = {"steps": 60, "batch_size": 32, "eval_every": 10, "lr": 1e-2, "weight_decay": 0.5, **training}
-    return [
-        RunConfig(
-            sweep="ckpt",
-            task="modular_arithmetic",
-            task_params={"p": 13},
-            family="mlp",
-            model_params={"depth": 2, "embed_dim": 8},
-            parametrization="sp",
-            model_size=16,
-            data_size=100,
-            seed=seed,
-            training=TrainingSpec(**t),
-            observables=OBSERVABLES,
-        )
-        for seed in seeds
-    ]
+    """test_ensemble's runs (minibatches: the data-order generator matters; AdamW: the optimiser
+    state matters), trained 60 steps."""
+    return ensemble_configs(seeds, sweep="ckpt", observables=OBSERVABLES, training={"steps": 60, **training})
 
 
 def results(events) -> dict[str, dict]:
