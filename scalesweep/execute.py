@@ -126,8 +126,9 @@ def _sweep(
     rerun_failed: bool,
 ) -> SweepOutcome:
     """The sweep, under its lease: select what to run, check the cluster, drive, record the outcome."""
-    todo = select_runs(tracker, configs, force=force, rerun_failed=rerun_failed)
-    resume = prepare_checkpoints(tracker, spec, configs, todo, force=force)
+    ledger = Ledger(tracker.child_runs())  # read once: what to run, and what it goes on from
+    todo = select_runs(tracker, ledger, configs, force=force, rerun_failed=rerun_failed)
+    resume = prepare_checkpoints(tracker, ledger, spec, configs, todo, force=force)
     outcome = SweepOutcome(planned=len(configs), skipped=len(configs) - len(todo))
     if todo:
         try:
@@ -171,17 +172,24 @@ def _description(spec: SweepSpec, configs: list[RunConfig]) -> str:
 
 
 def select_runs(
-    tracker: store.Tracker, configs: list[RunConfig], *, force: bool, rerun_failed: bool
+    tracker: store.Tracker, ledger: Ledger, configs: list[RunConfig], *, force: bool, rerun_failed: bool
 ) -> list[RunConfig]:
-    """What to run, by the ledger of what the store holds; end runs left RUNNING by a dead driver."""
-    ledger = Ledger(tracker.child_runs())
+    """What to run, by the ledger of what the store holds; end runs left RUNNING by a dead driver
+    (KILLED in the store and in the ledger's records)."""
     for child in ledger.stale():
         tracker.abandon(child.run_id, "the driver that ran it stopped before it finished")
+        child.status = "KILLED"
     return ledger.to_run(configs, force=force, rerun_failed=rerun_failed)
 
 
 def prepare_checkpoints(
-    tracker: store.Tracker, spec: SweepSpec, configs: list[RunConfig], todo: list[RunConfig], *, force: bool
+    tracker: store.Tracker,
+    ledger: Ledger,
+    spec: SweepSpec,
+    configs: list[RunConfig],
+    todo: list[RunConfig],
+    *,
+    force: bool,
 ) -> dict[str, tuple[bytes | None, list[str]]]:
     """Per run to do: (the checkpoint it goes on from, or None; its runs that hold one).
 
@@ -189,7 +197,6 @@ def prepare_checkpoints(
     seed ensemble only when each of its seeds has one of the same step (else it starts over).
     `--force` starts over. Checkpoints left on keys that have finished since (a driver killed
     between FINISHED and deleting them) are deleted here, unless the spec keeps them."""
-    ledger = Ledger(tracker.child_runs())
     todo_keys = {c.run_key for c in todo}
     if not spec.checkpoint.keep:
         for config in configs:
