@@ -95,7 +95,7 @@ def test_a_read_only_working_directory_is_a_clear_error(small_disk, empty_store,
     assert "read-only" in text.lower() and "--out" in text
 
     report = cli("report", str(spec), cwd=small_disk, timeout=120)  # nothing to report, said in a paragraph
-    assert report.returncode == 2 and "Traceback" not in report.stdout + report.stderr
+    assert report.returncode == 2, one_paragraph(report)
 
     status = cli("status", str(spec), cwd=small_disk, timeout=120)  # only reads: it works
     one_paragraph(status)
@@ -106,56 +106,55 @@ def _finished_keys(uri: str, sweep: str) -> list[str]:
     return sorted(r.data.tags["scalesweep.run_key"] for r in child_runs(uri, sweep) if r.info.status == "FINISHED")
 
 
-def _drive(folder: Path, spec: Path, patience: int) -> subprocess.Popen:
-    log = folder.parent / f"driver-{patience}.log"  # outside the disk that fills up
-    env = clean_env(SCALESWEEP_TRACKING_PATIENCE=str(patience))
-    return spawn([sys.executable, "-m", "scalesweep", "run", str(spec)], folder, log, env)
-
-
-def _log(folder: Path, patience: int) -> str:
-    return (folder.parent / f"driver-{patience}.log").read_text(errors="replace")
-
-
 SLOW_RUNS = dict(widths=(4, 8), sizes=(20, 30), seeds=2, steps=1500, cpus=1.0)
+
+
+def _mid_sweep(disk: Path, empty_store: Path, sweep: str, patience: int) -> tuple[Path, str, subprocess.Popen, Path]:
+    """(spec, store URI, driver, its log): a sweep on `disk` driven in the background, once its
+    first run has finished and others are still to come. The log is outside the disk that fills."""
+    spec = write_spec(disk, fast_spec(sweep, **SLOW_RUNS))
+    uri = fresh_store(disk, empty_store)
+    log = disk.parent / f"driver-{sweep}.log"
+    env = clean_env(SCALESWEEP_TRACKING_PATIENCE=str(patience))
+    driver = spawn([sys.executable, "-m", "scalesweep", "run", str(spec)], disk, log, env)
+    try:
+        assert wait_until(lambda: len(_finished_keys(uri, sweep)) >= 1 or driver.poll() is not None, 240)
+        assert driver.poll() is None, log.read_text()
+    except BaseException:
+        kill_session(driver)
+        raise
+    return spec, uri, driver, log
 
 
 @pytest.mark.slow
 def test_a_disk_that_fills_mid_sweep_is_waited_for_and_the_sweep_completes(small_disk, empty_store):
-    spec = write_spec(small_disk, fast_spec("full", **SLOW_RUNS))
-    uri = fresh_store(small_disk, empty_store)
-    driver = _drive(small_disk, spec, patience=300)
+    spec, uri, driver, log = _mid_sweep(small_disk, empty_store, "full", patience=300)
     try:
-        assert wait_until(lambda: len(_finished_keys(uri, "full")) >= 1 or driver.poll() is not None, 240)
-        assert driver.poll() is None, _log(small_disk, 300)
         filler = fill(small_disk)
-        assert wait_until(lambda: "cannot be written" in _log(small_disk, 300) or driver.poll() is not None, 120)
-        assert driver.poll() is None, _log(small_disk, 300)
+        assert wait_until(lambda: "cannot be written" in log.read_text() or driver.poll() is not None, 120)
+        assert driver.poll() is None, log.read_text()
         filler.unlink()
         driver.wait(timeout=400)
     finally:
         kill_session(driver)
-    log = _log(small_disk, 300)
-    assert driver.returncode == 0, log
-    assert "Traceback" not in log, log
+    text = log.read_text()
+    assert driver.returncode == 0, text
+    assert "Traceback" not in text, text
     assert _finished_keys(uri, "full") == sorted(planned_keys(spec))  # exactly one per key
 
 
 @pytest.mark.slow
 def test_a_disk_that_stays_full_stops_the_sweep_clearly_and_a_rerun_completes(small_disk, empty_store):
-    spec = write_spec(small_disk, fast_spec("stays_full", **SLOW_RUNS))
-    uri = fresh_store(small_disk, empty_store)
-    driver = _drive(small_disk, spec, patience=15)
+    spec, uri, driver, log = _mid_sweep(small_disk, empty_store, "stays_full", patience=15)
     try:
-        assert wait_until(lambda: len(_finished_keys(uri, "stays_full")) >= 1 or driver.poll() is not None, 240)
-        assert driver.poll() is None, _log(small_disk, 15)
         recorded = _finished_keys(uri, "stays_full")
         filler = fill(small_disk)
         driver.wait(timeout=180)
     finally:
         kill_session(driver)
-    log = " ".join(_log(small_disk, 15).split())
-    assert driver.returncode == 2, log
-    assert "Traceback" not in log and "cannot be written" in log and "run the same command again" in log
+    text = " ".join(log.read_text().split())
+    assert driver.returncode == 2, text
+    assert "Traceback" not in text and "cannot be written" in text and "run the same command again" in text
     filler.unlink()
     assert set(recorded) <= set(_finished_keys(uri, "stays_full"))  # nothing recorded was lost
     rerun = cli("run", str(spec), cwd=small_disk, timeout=600)
