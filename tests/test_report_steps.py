@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scalesweep.analysis import figures, levels, report_sections, series
+from scalesweep.analysis import figures, levels, series
 from scalesweep.analysis.classify import classify_runs
 from scalesweep.analysis.phenomena import Phenomenon
-from scalesweep.analysis.report import ReportHeader, write_report
+from scalesweep.analysis.report import LEVEL_TITLES, ReportHeader, write_report
 
 AXES = ["model_size", "data_size"]
 LOGGED = np.arange(0, 1001, 50)
@@ -125,4 +125,4 @@ def test_the_reports_copy_of_the_levels_matches_the_observables_registry():
     assert registered == copied
     for column in [*registered, "anisotropy.block0", "weight_alpha.fc1", "nonsense"]:
         assert levels.levels_of([column]) == observables.levels_of([column]), column
-    assert report_sections.LEVEL_TITLES.keys() == {*levels.LEVELS, levels.OTHER}
+    assert LEVEL_TITLES.keys() == {*levels.LEVELS, levels.OTHER}
