@@ -21,6 +21,7 @@ from rich.table import Table
 
 from scalesweep import commands
 from scalesweep.errors import UserError
+from scalesweep.startup import mark
 
 # One OpenBLAS thread per process (before numpy is first imported; a user's setting wins). The
 # analysis works on tiny matrices, where OpenBLAS's threads only spin: `classify TABLE.csv` spent
@@ -172,7 +173,9 @@ def run(
     yes: Annotated[bool, typer.Option("--yes", help="confirm a sweep of more than 10,000 runs")] = False,
 ) -> None:
     """Run the sweep's missing runs on Ray, recording each to MLflow."""
+    mark("cli_imported")
     loaded = _load(spec)
+    mark("spec_loaded")
     commands.confirm_size(spec, loaded.n_runs, yes, "run")
     outcome = commands.run(
         loaded, address=address, tracking_uri=tracking_uri, force=force, rerun_failed=rerun_failed, console=err

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from typing import Any
 import ray
 
 from scalesweep.errors import UserError, first_line
+from scalesweep.startup import mark
 
 PROBE_SECONDS = 5.0
 
@@ -94,11 +97,67 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+class _LocalStart:
+    """`connect(None)` in a thread of its own, then `then()` (e.g. warming the workers); the
+    thread stays until the process ends. Ray binds the processes it starts to the thread that
+    started them (PR_SET_PDEATHSIG: they are killed when it exits), and a thread lets the
+    driver open the store and take the lease while Ray starts."""
+
+    def __init__(self, then: Callable[[], Any] | None):
+        self.then, self.error, self.ready = then, None, threading.Event()
+        self.thread = threading.Thread(target=self.run, name="scalesweep-ray", daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        try:
+            mark("ray_start")
+            connect(None)
+            mark("ray_ready")
+        except BaseException as err:  # raised in the main thread by `connect`
+            self.error = err
+        self.ready.set()
+        if self.error is None and self.then is not None:
+            with contextlib.suppress(Exception):  # a head start only: the tasks import what they need
+                self.then()
+        threading.Event().wait()  # Ray's processes live as long as this thread
+
+    def wait(self) -> None:
+        self.ready.wait()
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+
+_starting: _LocalStart | None = None
+
+
+def start_local(then: Callable[[], Any] | None = None) -> None:
+    """Begin joining the recorded local cluster or starting a local Ray instance, in the
+    background (see `connect`); `connect(None)` waits for it and raises its error. Once only."""
+    global _starting
+    if _starting is not None or ray.is_initialized():
+        return
+    if threading.current_thread() is threading.main_thread():  # what ray.init does in the main thread
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+    _starting = _LocalStart(then)
+
+
+def settle() -> None:
+    """Wait for a background start under way (its error, if any, is dropped: nothing needed it),
+    so that the process never ends while `ray.init` is half done."""
+    if _starting is not None:
+        _starting.ready.wait()
+
+
 def connect(
     address: str | None = None, num_cpus: int | None = None, notify: Callable[[str], None] | None = None
 ) -> None:
     """Join the cluster at `address`; without one, the live local cluster Ray recorded, else a
-    new local Ray instance (a record whose head does not answer is passed over, said in one line)."""
+    new local Ray instance (a record whose head does not answer is passed over, said in one line).
+    Without an address, a start begun by `start_local` is waited for (its error raised here)."""
+    if address is None and _starting is not None and threading.current_thread() is not _starting.thread:
+        _starting.wait()
     if ray.is_initialized():
         return
     options: dict[str, Any] = {"log_to_driver": False, "logging_level": "ERROR", "configure_logging": True}
@@ -110,9 +169,11 @@ def connect(
                 f"(a `ray start --head` that ended without `ray stop`?); starting a local Ray instance for this "
                 f"sweep instead (`ray stop` clears the record)."
             )
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **options)
+            with _lean_local_instance():
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **options)
             return
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **options)
+        with _lean_local_instance():
+            ray.init(num_cpus=num_cpus, include_dashboard=False, **options)
         return
     check_reachable(address)
     # Workers on other machines may not have scalesweep installed: ship the package; a
@@ -138,6 +199,45 @@ def connect(
         f"cannot join the Ray cluster at {address} ({type(failure).__name__}: {first_line(failure)}). "
         f"Check that it is a Ray GCS address (host:6379) of a running cluster of the same Ray version."
     ) from None
+
+
+LEAN_ENV = "SCALESWEEP_RAY_LEAN"  # "0": a local instance with all of Ray's head processes
+
+
+@contextlib.contextmanager
+def _lean_local_instance() -> Iterator[None]:
+    """A new local instance without the head processes a sweep never uses: the autoscaler's
+    monitor (one node, nothing to scale), the log monitor (it forwards worker output to the
+    driver, which `log_to_driver=False` turns off) and the dashboard's API server (started even
+    without the dashboard; serves the state and job APIs, which a sweep does not call). On 2
+    cores they cost ~1.5 s of CPU while the sweep starts and ~280 MiB (benchmarks/RESULTS.md).
+    Ray has no public switch for them, so this sets its node parameters (`no_monitor`,
+    `include_log_monitor`: `ray start`'s own) and skips the API server, for the duration of
+    `ray.init`; where Ray's internals differ (another version), it changes nothing. Joining a
+    running cluster starts no processes, so this never touches one."""
+    try:
+        from ray._private.node import Node
+
+        original_init, original_api = Node.__init__, Node.start_api_server
+    except (ImportError, AttributeError):
+        original_init = None
+    if original_init is None or os.environ.get(LEAN_ENV, "1") == "0":
+        yield
+        return
+
+    def init(self, ray_params, *args, head=False, **kwargs):
+        if head and hasattr(ray_params, "no_monitor") and hasattr(ray_params, "include_log_monitor"):
+            ray_params.no_monitor, ray_params.include_log_monitor = True, False
+        original_init(self, ray_params, *args, head=head, **kwargs)
+
+    def no_api_server(self, *args, **kwargs):
+        return None
+
+    Node.__init__, Node.start_api_server = init, no_api_server
+    try:
+        yield
+    finally:
+        Node.__init__, Node.start_api_server = original_init, original_api
 
 
 AUTH_MARKERS = ("InvalidAuthToken", "Unauthenticated", "UNAUTHENTICATED")

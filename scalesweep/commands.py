@@ -78,9 +78,20 @@ def time_left(spec: SweepSpec, runs: list[RunConfig], tracking_uri: str | None) 
 
 def run(spec: SweepSpec, **options: Any) -> SweepOutcome:
     """`run`: the sweep's missing runs on Ray, recorded to MLflow (options: see `run_sweep`)."""
+    from scalesweep import cluster
+
+    if not cluster.resolve_address(options.get("address")):  # a local Ray starts while the driver imports
+        cluster.start_local(lambda: _warm_workers(spec))
     from scalesweep.execute import run_sweep
 
     return run_sweep(spec, **options)
+
+
+def _warm_workers(spec: SweepSpec) -> None:
+    from scalesweep.execute import warm_workers
+    from scalesweep.plan import plan
+
+    warm_workers(spec, plan(spec))
 
 
 def submit(spec_path: Path, *, address: str, tracking_uri: str | None) -> str:

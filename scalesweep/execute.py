@@ -24,13 +24,13 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from scalesweep import cluster, store
-from scalesweep.curves import curves_figure
 from scalesweep.errors import first_line
 from scalesweep.ledger import Ledger
 from scalesweep.plan import RunConfig, group_by_ensemble, plan
 from scalesweep.preview import axis_warnings
 from scalesweep.spec import SweepSpec
-from scalesweep.worker import train_task
+from scalesweep.startup import mark
+from scalesweep.worker import train_task, warm_up
 
 LIVE_SECONDS = 5.0  # a running run's rows are written at most this often: the UI's curves lag by up to this
 
@@ -100,19 +100,46 @@ def run_sweep(
     cluster's nodes. `writer` makes the sweep's writer from (client, sweep,
     experiment, notify=...): `store.Tracker` unless given (a benchmark passes
     one that writes nothing)."""
+    mark("driver_imported")
     console = console or Console(stderr=True)
     configs = plan(spec)
+    mark("planned")
     address = cluster.resolve_address(address)
-    client = store.client_for(tracking_uri or spec.tracking.uri)
-    if address:
-        cluster.check_reachable(address)
-    notify = lambda message: console.print(f"[yellow]{escape(message)}[/yellow]")  # noqa: E731
-    tracker = (writer or store.Tracker)(client, spec.name, spec.experiment_name, notify=notify)
-    tracker.take_lease()  # one driver per sweep: a second one stops here, naming the first
+    mark("store_start")
+    if not address:  # a local instance: it starts while the store opens (unless `commands.run` started it)
+        cluster.start_local(lambda: warm_workers(spec, configs))
     try:
-        return _sweep(spec, configs, tracker, address, console, force=force, rerun_failed=rerun_failed)
+        client = store.client_for(tracking_uri or spec.tracking.uri)
+        mark("store_opened")
+        if address:
+            cluster.check_reachable(address)
+        notify = lambda message: console.print(f"[yellow]{escape(message)}[/yellow]")  # noqa: E731
+        tracker = (writer or store.Tracker)(client, spec.name, spec.experiment_name, notify=notify)
+        tracker.take_lease()  # one driver per sweep: a second one stops here, naming the first
+        mark("lease_taken")
+        try:
+            return _sweep(spec, configs, tracker, address, console, force=force, rerun_failed=rerun_failed)
+        finally:
+            tracker.release_lease()
     finally:
-        tracker.release_lease()
+        cluster.settle()  # a Ray start still under way (nothing to run, or an error) ends before the driver
+
+
+def warm_workers(spec: SweepSpec, configs: list[RunConfig]) -> int:
+    """Submit one `warm_up` task per worker the sweep will use at once (no more: an idle extra
+    worker holds ~300 MiB and competes for the CPUs), with the first ensembles' resources."""
+    if not ray.is_initialized() or not configs:
+        return 0
+    groups = group_by_ensemble(configs)
+    cpus, gpus = spec.resources.for_model_size(groups[0][0].model_size)
+    have, n = ray.cluster_resources(), min(len(groups), spec.resources.max_concurrent or len(groups))
+    for name, each in (("CPU", cpus), ("GPU", gpus)):
+        if each:
+            n = min(n, int(have.get(name, 0) // each))
+    task = ray.remote(warm_up).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
+    for _ in range(n):
+        task.remote()
+    return n
 
 
 def _sweep(
@@ -132,7 +159,7 @@ def _sweep(
     outcome = SweepOutcome(planned=len(configs), skipped=len(configs) - len(todo))
     if todo:
         try:
-            cluster.connect(address)
+            cluster.connect(address)  # a local instance: waits for the start begun before the store opened
             cluster.check_fits({spec.resources.for_model_size(c.model_size) for c in todo})
         except BaseException as err:  # the cluster refused: no run started, the parent must not stay RUNNING
             tracker.not_started(first_line(err))
@@ -265,6 +292,7 @@ class Driver:
         task = ray.remote(train_task).options(num_returns="streaming", num_cpus=cpus, num_gpus=gpus, max_retries=0)
         resume = {c.run_key: self.states[c.run_key].checkpoint for c in group if self.states[c.run_key].checkpoint}
         checkpoint = self.spec.checkpoint.model_dump(mode="json")
+        mark("submitted")
         return task.remote([c.model_dump(mode="json") for c in group], gpus, checkpoint, resume)
 
     def cancel(self) -> None:
@@ -305,7 +333,11 @@ class Driver:
             if time.monotonic() - state.written_at >= LIVE_SECONDS:
                 state.flush(tracker)
         elif kind == "summary":
-            figure = curves_figure(state.rows, state.config.label) if state.rows else None
+            figure = None
+            if state.rows:
+                from scalesweep.curves import curves_figure  # matplotlib: imported at the first figure
+
+                figure = curves_figure(state.rows, state.config.label)
             steps = state.config.training.steps
             tracker.finish(state.run_id, event["summary"], steps, now, rows=state.pending, figure=figure)
             state.done, state.rows, state.pending = True, [], []

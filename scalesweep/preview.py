@@ -20,7 +20,6 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import nnls
 
 from scalesweep.plan import RunConfig
 from scalesweep.spec import SweepSpec
@@ -80,6 +79,8 @@ def _features(run: RunConfig) -> np.ndarray:
 
 def fit_rate(runs: list[RunConfig], seconds: list[float]) -> np.ndarray:
     """(seconds per step, seconds per FLOP), non-negative, scaled so both columns weigh alike."""
+    from scipy.optimize import nnls  # here: `run` shows its axis warnings without scipy
+
     x = np.stack([_features(run) for run in runs])
     scale = np.maximum(x.max(axis=0), 1e-30)
     coef, _ = nnls(x / scale, np.asarray(seconds, dtype=float))

@@ -106,12 +106,103 @@ def client_for(uri: str | None = None, *, create: bool = True) -> MlflowClient:
     # later default store of this process (and its children) to this one.
     try:
         with _first_open(uri):
-            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
             if (path := sqlite_path(uri)) is not None and not path.exists():
-                client.search_experiments(max_results=1)  # creates the schema, under the lock
-        return client
+                return _new_sqlite_store(uri, path)  # under the lock
+            return MlflowClient(tracking_uri=uri, registry_uri=uri)
     except (MlflowException, ImportError) as err:  # e.g. a database driver that is not installed
         raise UserError(f"cannot open the tracking store {uri} ({first_line(err)}).") from None
+
+
+def _new_sqlite_store(uri: str, path: Path) -> MlflowClient:
+    """A client on a new sqlite store. MLflow makes a new store's schema by running its ~60
+    migrations (over a second on an idle machine); the empty schema is the same for every store
+    of one MLflow version, so the first one made is kept in the user's cache folder
+    (`schema_cache`) and later stores start as a copy of it. A copy MLflow refuses (a corrupt
+    or mismatched cache: MLflow checks the schema's revision when it opens a store) is removed
+    with the cache, and the store is made by MLflow's migrations after all."""
+    if _copy_cached_schema(path):
+        try:
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # MLflow checks the schema's revision
+            client.search_experiments(max_results=1)
+            return client
+        except Exception:
+            _forget_engines(uri)  # MLflow keeps one engine per URI: the next client must not reuse it
+            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                schema_cache().unlink()
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.search_experiments(max_results=1)  # creates the schema
+    _keep_schema(path)
+    return client
+
+
+def schema_cache() -> Path:
+    """Where the empty sqlite schema of this MLflow version is kept (under XDG_CACHE_HOME, else ~/.cache)."""
+    from mlflow.version import VERSION
+
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "scalesweep" / f"mlflow-{VERSION}-empty.db"
+
+
+def _forget_engines(uri: str) -> None:
+    """Drop MLflow's cached SQLAlchemy engines of `uri` (tracking and registry stores). MLflow's
+    private maps: if they move, the fallback fails in one paragraph and the next run works."""
+    with contextlib.suppress(Exception):
+        from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        for owner in (SqlAlchemyStore, RegistryStore):
+            engine = owner._engine_map.pop(uri, None)
+            if engine is not None:
+                engine.dispose()
+
+
+def _copy_cached_schema(path: Path) -> bool:
+    """Make `path` a copy of the cached empty schema (atomically: a reader never sees half a
+    file), its Default experiment's artifact folder set as MLflow would set it here; False when
+    there is no cache or it cannot be copied (then MLflow makes the store)."""
+    import sqlite3
+
+    from mlflow.utils.uri import append_to_uri_path, resolve_uri_if_local
+
+    cache = schema_cache()
+    if not cache.is_file():
+        return False
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        shutil.copyfile(cache, partial)
+        now = int(time.time() * 1000)
+        location = append_to_uri_path(resolve_uri_if_local("./mlruns"), "0")  # MLflow's default artifact root
+        with contextlib.closing(sqlite3.connect(partial)) as con, con:
+            (revisions,) = con.execute("SELECT COUNT(*) FROM alembic_version").fetchone()
+            (runs,) = con.execute("SELECT COUNT(*) FROM runs").fetchone()
+            if revisions != 1 or runs != 0:
+                raise sqlite3.DatabaseError("not an empty MLflow schema")
+            con.execute(
+                "UPDATE experiments SET artifact_location = ?, creation_time = ?, last_update_time = ? "
+                "WHERE experiment_id = 0",
+                (location, now, now),
+            )
+        os.replace(partial, path)
+        return True
+    except (OSError, sqlite3.Error, TypeError):
+        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            cache.unlink()
+        return False
+
+
+def _keep_schema(path: Path) -> None:
+    """Keep a store MLflow has just made (an empty schema) as the cache for the next new store."""
+    cache = schema_cache()
+    partial = cache.with_name(f".{cache.name}.{os.getpid()}.partial")
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, partial)
+        os.replace(partial, cache)  # atomic: a driver copying it meanwhile reads the old one or this one
+    except OSError:  # a read-only home, a full disk: new stores are made by MLflow, as before
+        with contextlib.suppress(OSError):
+            partial.unlink()
 
 
 @contextlib.contextmanager

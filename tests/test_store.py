@@ -93,3 +93,35 @@ def test_child_runs_are_ledger_records_and_an_absent_experiment_has_none(workdir
     (child,) = store.child_runs(client, "ledgered", store.experiment_named(client, "scalesweep/ledgered"))
     assert (child.run_id, child.run_key, child.status) == (run_id, plan(SPEC)[0].run_key, "RUNNING")
     assert child.start_time > 0 and tracker.child_runs() == [child]
+
+
+def test_a_new_sqlite_store_is_a_copy_of_the_cached_schema_and_a_bad_cache_is_not_used(tmp_path, monkeypatch):
+    """A new store starts as a copy of the empty schema this MLflow version made once (cached under
+    XDG_CACHE_HOME), its Default experiment's folder where MLflow would put it; a cache that is
+    not an MLflow schema, or of another schema revision, is dropped and MLflow makes the store."""
+    import sqlite3
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    first = store.client_for(f"sqlite:///{tmp_path / 'first.db'}")  # made by MLflow, then cached
+    cache = store.schema_cache()
+    assert cache.is_file() and first.search_experiments()
+
+    copied = store.client_for(f"sqlite:///{tmp_path / 'copied.db'}")
+    assert copied.get_experiment("0").artifact_location == str(tmp_path / "mlruns" / "0")
+    experiment = store.ensure_experiment(copied, "scalesweep/x")
+    copied.create_run(experiment)
+    assert len(copied.search_runs([experiment])) == 1
+    assert not list(tmp_path.glob(".*.partial"))
+
+    cache.write_bytes(b"not a database")
+    corrupt = store.client_for(f"sqlite:///{tmp_path / 'after_corrupt.db'}")
+    assert corrupt.search_experiments() and cache.is_file()  # made by MLflow, cached again
+
+    with sqlite3.connect(cache) as con:
+        con.execute("UPDATE alembic_version SET version_num = '0584bdc529eb'")  # an older revision
+    older = store.client_for(f"sqlite:///{tmp_path / 'after_older.db'}")
+    experiment = store.ensure_experiment(older, "scalesweep/y")
+    assert older.create_run(experiment).info.run_id
+    with sqlite3.connect(cache) as con:
+        assert con.execute("SELECT version_num FROM alembic_version").fetchone()[0] != "0584bdc529eb"
