@@ -18,13 +18,16 @@ Events are dicts with a `run_key` and a `kind`:
 A NaN or infinite loss is not a failure: the run stops, and its summary says
 `diverged = 1`, because instability is a phenomenon too.
 
-Seed ensembles: runs that differ only in seed train together as one
-vectorised model (`torch.func`: stacked parameters, `vmap` over
-`functional_call`), as in the torch.func model-ensembling tutorial. Each seed
-keeps its own data, minibatch stream and events, and matches the same seed
-trained alone to float tolerance: the optimisers used (SGD, Adam, AdamW) act
-elementwise, so one optimiser over stacked parameters is one per seed, and the
-gradient of the summed per-seed losses is each seed's own gradient.
+Seed ensembles, and groups: runs that differ only in seed (or also in data size, lr or weight
+decay: `plan.group_by_stack`) train together as one vectorised model (`torch.func`: stacked
+parameters, `vmap` over `functional_call`), as in the torch.func model-ensembling tutorial. Each
+member keeps its own data, minibatch stream, optimiser groups and events, and matches the same run
+trained alone to float tolerance: the optimisers used (SGD, Adam, AdamW) act elementwise, so one
+optimiser over stacked parameters is one per member (members of other lr or weight decay get
+stacked tensors and groups of their own, `Ensemble`), and the gradient of the summed per-member
+losses is each member's own gradient. Batches of different lengths (full batches of different data
+sizes) are padded to the longest and each member's loss is taken over its own rows only
+(`GroupData`, `zoo.base.masked_loss_fn_for`).
 """
 
 from __future__ import annotations
@@ -39,13 +42,14 @@ from typing import Any
 
 import pandas as pd
 import torch
+from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from scalesweep import observables as obs
-from scalesweep.plan import RunConfig, group_by_ensemble
+from scalesweep.plan import RunConfig, group_by_stack
 from scalesweep.spec import CheckpointSpec, TrainingSpec
 from scalesweep.zoo import FAMILIES, TASKS, Dataset
-from scalesweep.zoo.base import loss_fn_for
+from scalesweep.zoo.base import STACKED_LOSSES, loss_fn_for, masked_loss_fn_for
 
 __all__ = ["build", "loss_fn_for", "n_params", "pick_device", "train_one", "train_runs", "train_to_result"]
 
@@ -84,19 +88,24 @@ def lr_multipliers(model: torch.nn.Module, optimizer: str) -> dict[str, float]:
     return method(optimizer) if callable(method) else {}
 
 
-def make_optimizer(
+def param_groups(
     named_params: Iterable[tuple[str, torch.Tensor]], multipliers: dict[str, float], t: TrainingSpec
-) -> torch.optim.Optimizer:
-    """One parameter group per learning-rate factor (muP gives hidden matrices their own)."""
-    groups: dict[float, list[torch.Tensor]] = {}
+) -> list[dict[str, Any]]:
+    """One parameter group per (learning rate, weight decay): muP's factors give hidden matrices
+    their own rate."""
+    groups: dict[tuple[float, float], list[torch.Tensor]] = {}
     for name, param in named_params:
-        groups.setdefault(multipliers.get(name, 1.0), []).append(param)
-    params = [{"params": ps, "lr": t.lr * factor} for factor, ps in groups.items()]
+        groups.setdefault((t.lr * multipliers.get(name, 1.0), t.weight_decay), []).append(param)
+    return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+
+
+def make_optimizer(groups: list[dict[str, Any]], t: TrainingSpec) -> torch.optim.Optimizer:
+    """`t.optimizer` over `groups` (see `param_groups`), fused where the device has a kernel."""
     kind = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[t.optimizer]
-    try:  # one fused kernel for all parameters: several times faster for small models
-        return kind(params, lr=t.lr, weight_decay=t.weight_decay, fused=True)
+    try:  # one fused kernel per group: several times faster for small models
+        return kind(groups, lr=t.lr, weight_decay=t.weight_decay, fused=True)
     except (RuntimeError, ValueError):  # a device or dtype without a fused implementation
-        return kind(params, lr=t.lr, weight_decay=t.weight_decay)
+        return kind(groups, lr=t.lr, weight_decay=t.weight_decay)
 
 
 def train_runs(
@@ -105,12 +114,13 @@ def train_runs(
     checkpoint: CheckpointSpec | None = None,
     resume: dict[str, bytes] | None = None,
 ) -> Iterator[Event]:
-    """Train runs; those that differ only in seed train together as a vectorised ensemble.
+    """Train runs; those that differ only in seed, data size, lr or weight decay train together as
+    one vectorised model (`plan.group_by_stack`).
     `checkpoint` says when to yield checkpoints (None: never); `resume` maps a run key to the
     checkpoint it goes on from (one that does not fit its run is ignored: it starts over)."""
     device = pick_device(gpus_per_run)
     resume = resume or {}
-    for group in group_by_ensemble(configs):
+    for group in group_by_stack(configs):
         if len(group) >= 2:
             yield from train_ensemble(group, device, checkpoint, resume)
         else:
@@ -221,7 +231,7 @@ def _train(
     model, data = build(config, device)
     saved = load_checkpoint(resume, "run", [config.run_key], device)
     recorder = Recorder(config, model, data, started, saved["recorders"][0] if saved else None)
-    optimizer = make_optimizer(model.named_parameters(), lr_multipliers(model, t.optimizer), t)
+    optimizer = make_optimizer(param_groups(model.named_parameters(), lr_multipliers(model, t.optimizer), t), t)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     start = 0
     if saved:
@@ -373,39 +383,140 @@ def _evaluate(
     return row
 
 
-# ---------------------------------------------------------------- seed ensembles
+# ---------------------------------------------------------------- vectorised groups (seed ensembles and more)
 
 
 class Ensemble:
-    """S copies of one architecture as stacked parameters, run with vmap(functional_call).
+    """S models of one architecture run as one vectorised model: vmap over functional_call (the
+    torch.func model-ensembling tutorial).
 
-    Each seed's own module stays usable (observables read it): its parameters are
-    rebound to views of the stacked tensors, which the optimiser updates in place.
+    Consecutive members with the same `keys` (their optimiser hyperparameters) form a block whose
+    parameters are stacked into leaf tensors of its own, so that each block has its own optimiser
+    groups (its lr and weight decay) while a seed ensemble is one block, one tensor per parameter,
+    as cheap for the optimiser as one model. Each member's own module stays usable (observables
+    read it): its parameters and buffers are rebound to views of the stacked tensors, which the
+    optimiser updates in place. The forward concatenates the blocks (gradients flow back to each).
     """
 
-    def __init__(self, models: list[torch.nn.Module]):
+    def __init__(self, models: list[nn.Module], keys: list[Any] | None = None):
         self.models = models
-        self.params, self.buffers = stack_module_state(models)
-        for i, model in enumerate(models):
-            for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-                tensor.data = (self.params.get(name, self.buffers.get(name))).data[i]
+        keys = keys if keys is not None else [None] * len(models)
+        starts = [i for i in range(len(models)) if i == 0 or keys[i] != keys[i - 1]]
+        self.spans = list(zip(starts, [*starts[1:], len(models)], strict=True))
+        self.blocks = [stack_module_state(models[i:j])[0] for i, j in self.spans]
+        self.buffers = stack_module_state(models)[1]
+        for (i, j), block in zip(self.spans, self.blocks, strict=True):
+            for k, model in enumerate(models[i:j]):
+                for name, tensor in model.named_parameters():
+                    tensor.data = block[name].data[k]
+        for k, model in enumerate(models):
+            for name, tensor in model.named_buffers():
+                tensor.data = self.buffers[name].data[k]
         self.base = copy.deepcopy(models[0]).to("meta")
+        self.stacked_forward = getattr(models[0], "stacked_forward", None)  # a family's own, without vmap
+
+    def params(self) -> dict[str, torch.Tensor]:
+        """Every member's parameters, stacked (member order)."""
+        if len(self.blocks) == 1:
+            return self.blocks[0]
+        return {name: torch.cat([block[name] for block in self.blocks]) for name in self.blocks[0]}
 
     def _call(self, params, buffers, x):
         return functional_call(self.base, (params, buffers), (x,))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Outputs of every seed on its own inputs: x is (S, batch, ...)."""
-        return vmap(self._call)(self.params, self.buffers, x)
+        """Outputs of every member on its own inputs: x is (S, batch, ...)."""
+        if self.stacked_forward is not None:
+            return self.stacked_forward(self.params(), x)
+        return vmap(self._call)(self.params(), self.buffers, x)
 
-    def losses(self, loss_fn, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """(S,) losses, seed s on its inputs x[s] and labels y[s]."""
-        return vmap(lambda p, b, xs, ys: loss_fn(self._call(p, b, xs), ys))(self.params, self.buffers, x, y)
+    def losses(self, loss_fn, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(S,) losses, member s on its inputs x[s] and labels y[s]; `rows` (S, batch): which rows
+        are its own (a masked loss, see `masked_loss_fn_for`), None when all are. A family's
+        `stacked_forward` (parameters only, no buffers) runs without vmap; the loss is vmapped."""
+        extra = () if rows is None else (rows,)
+        if self.stacked_forward is not None:
+            out = self.stacked_forward(self.params(), x)
+            stacked = STACKED_LOSSES.get(loss_fn) if rows is None else None
+            return stacked(out, y) if stacked is not None else vmap(loss_fn)(out, y, *extra)
+        loss = vmap(lambda p, b, xs, ys, *rs: loss_fn(self._call(p, b, xs), ys, *rs))
+        return loss(self.params(), self.buffers, x, y, *extra)
 
     def grad_norms(self) -> list[float]:
-        """Each seed's gradient L2 norm (over all its parameters)."""
-        total = sum(p.grad.pow(2).flatten(1).sum(1) for p in self.params.values() if p.grad is not None)
-        return total.sqrt().tolist()
+        """Each member's gradient L2 norm (over all its parameters)."""
+        squares = [
+            sum(p.grad.pow(2).flatten(1).sum(1) for p in block.values() if p.grad is not None) for block in self.blocks
+        ]
+        sizes = [j - i for i, j in self.spans]
+        return torch.cat([torch.as_tensor(s).expand(n) for s, n in zip(squares, sizes, strict=True)]).sqrt().tolist()
+
+
+def hyperparameters(config: RunConfig) -> tuple[float, float]:
+    """What a member's optimiser groups depend on besides the architecture (see `Ensemble`)."""
+    return config.training.lr, config.training.weight_decay
+
+
+def member_groups(ensemble: Ensemble, configs: list[RunConfig]) -> list[dict[str, Any]]:
+    """Each block's parameter groups (its members' lr and weight decay, times muP's factors),
+    those of equal (lr, weight decay) merged: SGD, Adam and AdamW act elementwise, so one group
+    over several members' tensors is each member's own optimiser, and a fused optimiser updates
+    each group in one call."""
+    multipliers = lr_multipliers(ensemble.models[0], configs[0].training.optimizer)
+    merged: dict[tuple[float, float], list[torch.Tensor]] = {}
+    for (i, _), block in zip(ensemble.spans, ensemble.blocks, strict=True):
+        for group in param_groups(block.items(), multipliers, configs[i].training):
+            merged.setdefault((group["lr"], group["weight_decay"]), []).extend(group["params"])
+    return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in merged.items()]
+
+
+def _padded(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The tensors stacked, each padded to the longest with copies of its first row (valid inputs,
+    whose outputs are sliced off or masked out)."""
+    n = max(len(t) for t in tensors)
+    return torch.stack([torch.cat([t, t[:1].expand(n - len(t), *t.shape[1:])]) for t in tensors])
+
+
+class GroupData:
+    """The members' data stacked, each split padded to the longest, and each step's batches:
+    member s draws from its own set with its own generator, as it would alone."""
+
+    def __init__(self, datas: list[Dataset], batch_size: int, device: torch.device):
+        self.x_train, self.y_train = _padded([d.x_train for d in datas]), _padded([d.y_train for d in datas])
+        self.x_eval = _padded([torch.cat([d.x_train, d.x_test]) for d in datas])
+        self.n_train, self.n_test = [len(d.x_train) for d in datas], [len(d.x_test) for d in datas]
+        self.batch_size, self.device = batch_size, device
+        counts = [min(batch_size, n) for n in self.n_train]
+        self.width = max(counts)
+        self.same = len(set(self.n_train)) == 1  # no padding: every member's batch is its own
+        rows = torch.arange(self.width, device=device)
+        self.rows = None if len(set(counts)) == 1 else (rows < torch.tensor(counts, device=device)[:, None]).float()
+        self.offsets = torch.arange(len(datas), device=device)[:, None] * self.x_train.shape[1]
+        self.wholes = [self._pad(torch.arange(n, device=device)) for n in self.n_train]  # full-batch rows
+
+    def _pad(self, idx: torch.Tensor) -> torch.Tensor:
+        return torch.cat([idx, idx.new_zeros(self.width - len(idx))]) if len(idx) < self.width else idx
+
+    def batch(self, generators: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(x, y, rows): each member's minibatch (its whole set when it fits in one batch), padded;
+        `rows` marks each member's own rows (None: all are)."""
+        pairs = zip(self.n_train, generators, strict=True)
+        idx = [_minibatch_index(n, self.batch_size, g, self.device) for n, g in pairs]
+        if self.same and idx[0] is None:
+            return self.x_train, self.y_train, None
+        padded = [whole if i is None else self._pad(i) for i, whole in zip(idx, self.wholes, strict=True)]
+        flat = (torch.stack(padded) + self.offsets).view(-1)
+        x = self.x_train.flatten(0, 1).index_select(0, flat).view(-1, self.width, *self.x_train.shape[2:])
+        y = self.y_train.flatten(0, 1).index_select(0, flat).view(-1, self.width, *self.y_train.shape[2:])
+        return x, y, self.rows
+
+    def outputs(self, ensemble: Ensemble) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each member's (train, test) outputs on its own rows, from one forward over each member's
+        train and test rows together: padded to the longest sum, which wastes nothing when the
+        sizes trade off (modular arithmetic's test set is the pairs left out of training)."""
+        with torch.no_grad():
+            out = ensemble(self.x_eval)
+        sizes = enumerate(zip(self.n_train, self.n_test, strict=True))
+        return [(out[i, :n], out[i, n : n + m]) for i, (n, m) in sizes]
 
 
 def train_ensemble(
@@ -414,10 +525,11 @@ def train_ensemble(
     checkpoint: CheckpointSpec | None = None,
     resume: dict[str, bytes] | None = None,
 ) -> Iterator[Event]:
-    """Train runs that differ only in seed as one vectorised ensemble; fall back to one
-    after the other when they cannot be stacked. An exception fails every run of the
-    ensemble that has not finished yet; a diverging seed finishes alone. `resume`: run key ->
-    checkpoint; the ensemble goes on from one only when every seed holds the same one."""
+    """Train runs that differ only in seed, data size, lr or weight decay (`plan.group_by_stack`)
+    as one vectorised model; fall back to one after the other when they cannot be stacked. An
+    exception fails every run of the group that has not finished yet; a diverging member finishes
+    alone. `resume`: run key -> checkpoint; the group goes on from one only when every member holds
+    the same one."""
     resume = resume or {}
     started = time.perf_counter()
     try:
@@ -426,7 +538,7 @@ def train_ensemble(
         for config in configs:
             yield _failed(config.run_key, err)
         return
-    if not _can_stack(built, configs[0]):
+    if not _can_stack(built):
         for config in configs:
             yield from train_one(config, device, checkpoint, resume.get(config.run_key))
         return
@@ -444,19 +556,28 @@ def train_ensemble(
                 yield _failed(config.run_key, err)
 
 
-def _can_stack(built: list[tuple[torch.nn.Module, Dataset]], config: RunConfig) -> bool:
-    """Same parameter and data shapes, and a vmapped forward/backward that works."""
+def _data_signature(data: Dataset) -> tuple:
+    """What members must share to stack: per-example shapes and dtypes, kind and loss."""
+    splits = (data.x_train, data.y_train, data.x_test, data.y_test)
+    weights = None if data.loss_weights is None else tuple(data.loss_weights.flatten().tolist())
+    return (*((t.shape[1:], t.dtype) for t in splits), data.shape, data.kind, weights)
+
+
+def _can_stack(built: list[tuple[nn.Module, Dataset]]) -> bool:
+    """Same parameter shapes, same per-example data shapes and loss, and a vmapped
+    forward/backward that works."""
     models, datas = [m for m, _ in built], [d for _, d in built]
-    names = [[(n, p.shape) for n, p in m.named_parameters()] for m in models]
-    shapes = [(d.x_train.shape, d.y_train.shape, d.x_test.shape, d.y_test.shape) for d in datas]
-    if any(n != names[0] for n in names) or any(s != shapes[0] for s in shapes):
+    names = [[(n, p.shape, p.dtype) for n, p in m.named_parameters()] for m in models]
+    signatures = [_data_signature(d) for d in datas]
+    if any(n != names[0] for n in names) or any(s != signatures[0] for s in signatures):
         return False
     try:
         trial = Ensemble([copy.deepcopy(m) for m in models[:2]])
         x = torch.stack([d.x_train[:2] for d in datas[:2]])
         y = torch.stack([d.y_train[:2] for d in datas[:2]])
         trial.losses(loss_fn_for(datas[0]), x, y).sum().backward()
-    except Exception:  # an architecture vmap cannot batch: train the seeds one by one
+        trial.losses(masked_loss_fn_for(datas[0]), x, y, torch.ones(2, 2, device=x.device)).sum().backward()
+    except Exception:  # an architecture vmap cannot batch: train the members one by one
         return False
     return True
 
@@ -473,60 +594,58 @@ def _train_ensemble(
     keys = [c.run_key for c in configs]
     models, datas = [m for m, _ in built], [d for _, d in built]
     saved = load_checkpoint(resume, "ensemble", keys, device)
+    saved = saved if saved and "blocks" in saved else None  # an older layout ("stacked"): start over
     states = saved["recorders"] if saved else [None] * len(configs)
     recorders = [Recorder(c, m, d, started, s) for c, (m, d), s in zip(configs, built, states, strict=True)]
-    ensemble = Ensemble(models)
-    loss_fn = recorders[0].loss_fn
-    multipliers = lr_multipliers(models[0], t.optimizer)
-    optimizer = make_optimizer(ensemble.params.items(), multipliers, t)
+    ensemble = Ensemble(models, [hyperparameters(c) for c in configs])
+    data = GroupData(datas, t.batch_size, device)
+    loss_fn = recorders[0].loss_fn if data.rows is None else masked_loss_fn_for(datas[0])
+    optimizer = make_optimizer(member_groups(ensemble, configs), t)
     generators = [torch.Generator(device=device).manual_seed(c.seed) for c in configs]
     start = 0
     if saved:
-        with torch.no_grad():  # in place: each seed's module holds views of these tensors
-            for name, tensor in [*ensemble.params.items(), *ensemble.buffers.items()]:
-                tensor.copy_(saved["stacked"][name])
+        with torch.no_grad():  # in place: each member's module holds views of these tensors
+            for block, tensors in zip(ensemble.blocks, saved["blocks"], strict=True):
+                for name, tensor in block.items():
+                    tensor.copy_(tensors[name])
         start = _restore(saved, optimizer, generators, recorders)
         for recorder in recorders:
             yield from recorder.resumed(start)
     saver = Checkpointer(checkpoint, resumed=saved is not None)
-    x_train, y_train = torch.stack([d.x_train for d in datas]), torch.stack([d.y_train for d in datas])
-    x_test = torch.stack([d.x_test for d in datas])
-    seeds = torch.arange(len(configs), device=device)[:, None]
     active = list(range(len(configs)))
     grad_norms = [math.nan] * len(configs)
     for step in range(start, t.steps + 1):
-        if _is_eval_step(step, t) and not (saved and step == start):  # a resumed ensemble has that row
-            with torch.no_grad():
-                train_out, test_out = ensemble(x_train), ensemble(x_test)
-            for i in list(active):
-                yield from recorders[i].evaluate(step, grad_norms[i], (train_out[i], test_out[i]))
-                if recorders[i].diverged:  # it stops here, as it would alone; the others go on
-                    active.remove(i)
-                    yield from recorders[i].finish(ensemble_size=float(len(configs)))
-            # Only while every seed trains: a checkpoint is of the whole stack, and a finished seed
-            # is not run again, so the ensemble that would resume differs from the one saved.
+        if _is_eval_step(step, t) and not (saved and step == start):  # a resumed group has that row
+            yield from _evaluate_members(recorders, active, data.outputs(ensemble), step, grad_norms)
+            # Only while every member trains: a checkpoint is of the whole group, and a finished
+            # member is not run again, so the group that would resume differs from the one saved.
             if step < t.steps and len(active) == len(configs) and saver.due():
                 for recorder in recorders:
                     yield from recorder.flush()
-                stacked = {n: v.detach() for n, v in [*ensemble.params.items(), *ensemble.buffers.items()]}
-                yield saver.event(keys, step, {"stacked": stacked}, optimizer, generators, recorders)
+                parts = {"blocks": [{n: v.detach() for n, v in block.items()} for block in ensemble.blocks]}
+                yield saver.event(keys, step, parts, optimizer, generators, recorders)
         if step == t.steps or not active:
             break
         if t.fail_at_step is not None and step == t.fail_at_step:
             raise InjectedFailure(f"injected failure at step {step} (training.fail_at_step)")
-        idx = [_minibatch_index(x_train.shape[1], t.batch_size, g, device) for g in generators]
-        if idx[0] is None:
-            x, y = x_train, y_train
-        else:
-            rows = torch.stack(idx)
-            x, y = x_train[seeds, rows], y_train[seeds, rows]
+        x, y, rows = data.batch(generators)
         optimizer.zero_grad(set_to_none=True)
-        ensemble.losses(loss_fn, x, y).sum().backward()
+        ensemble.losses(loss_fn, x, y, rows).sum().backward()
         if _is_eval_step(step + 1, t):
             grad_norms = ensemble.grad_norms()
         optimizer.step()
     for i in active:
         yield from recorders[i].finish(ensemble_size=float(len(configs)))
+
+
+def _evaluate_members(recorders: list[Recorder], active: list[int], outputs, step: int, grad_norms) -> Iterator[Event]:
+    """Each active member's evaluation row; a diverged member stops here, as it would alone (and
+    leaves `active`), the others go on."""
+    for i in list(active):
+        yield from recorders[i].evaluate(step, grad_norms[i], outputs[i])
+        if recorders[i].diverged:
+            active.remove(i)
+            yield from recorders[i].finish(ensemble_size=float(len(recorders)))
 
 
 def train_to_result(config: RunConfig) -> tuple[pd.DataFrame, dict[str, float]]:

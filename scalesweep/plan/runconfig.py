@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict
 from scalesweep.spec import TrainingSpec
 from scalesweep.zoo import FAMILIES, TASKS
 
+STACKED_FIELDS = ("seed", "data_size")  # what may differ within one vectorised group ...
+STACKED_TRAINING_FIELDS = ("lr", "weight_decay")  # ... and in its training section
+
 
 class RunConfig(BaseModel):
     """One grid point at one seed: everything the worker needs to train it."""
@@ -50,6 +53,17 @@ class RunConfig(BaseModel):
         """Runs that differ only in seed share this key and may train together."""
         content = self.content()
         content.pop("seed")
+        return stable_hash(content)
+
+    @property
+    def stack_key(self) -> str:
+        """Runs that differ only in seed, data size, learning rate or weight decay share this key:
+        every shape is the same, so they may train as one vectorised model (`plan.groups`)."""
+        content = self.content()
+        for name in STACKED_FIELDS:
+            content.pop(name)
+        for name in STACKED_TRAINING_FIELDS:
+            content["training"].pop(name)
         return stable_hash(content)
 
     @property
