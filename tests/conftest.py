@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import os
 import re
 import shutil
@@ -18,6 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+# One torch thread in the test processes and everything they start (a user's setting wins): the
+# models here are tiny, and on a loaded 2-core machine a second thread only spin-waits for a core
+# (an optimiser step 50 ms instead of 0.1 ms), so the in-process training tests would slow down
+# most exactly when the suite runs its sweeps beside them. Set before anything imports torch.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -158,12 +166,7 @@ def spawn(args: list[str], cwd: Path, log: Path, env: dict[str, str] | None = No
 
 def kill_session(process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
     """Signal every process of `process`'s session: the ones this test started, nothing else."""
-    sid = process.pid
-    listing = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout.split()
-    pids = [int(pid) for pid, s in zip(listing[::2], listing[1::2], strict=True) if int(s) == sid]
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
+    _signal_session(process.pid, sig)
     if sig == signal.SIGKILL:
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=30)
@@ -227,18 +230,51 @@ def alive_nodes(gcs: str) -> int:
     return len(re.findall(r"^\s*\d+ node_", active, flags=re.MULTILINE))
 
 
-@pytest.fixture(scope="session")
-def ray_cluster():
-    """One Ray cluster for the session: a head (2 CPUs, dashboard) and a worker node (1 CPU) on
-    127.0.0.1, stopped at the end. Sweeps that need only "a Ray" run on it by --address (each CLI
-    run would otherwise start and stop a local instance, seconds each); tests that kill a driver
-    with its local Ray, or test the local default itself, keep their own.
+# One Ray cluster for the whole test run, shared by its xdist workers: the first worker that asks
+# starts it (under a lock) and records it in the run's folder; the others join it; the controller
+# stops it when the run ends (`pytest_unconfigure`). A cluster costs seconds of CPU to start.
+RUN_FOLDER = "SCALESWEEP_TEST_RUN_FOLDER"  # made by the controller, inherited by its xdist workers
 
-    Every process here is started by the fixture in its own session and stopped by it
-    (`kill_session`), never with `ray stop`, which would stop every Ray on the machine. Ray 2.60
-    turns token authentication on for a new head when ~/.ray/auth_token exists, and a worker
-    node started by `ray start --address` does not send the token, so the cluster and its
-    clients run with RAY_AUTH_MODE=disabled (RAY_ENV)."""
+
+def pytest_configure(config) -> None:
+    if not hasattr(config, "workerinput"):  # the controller (or the only process, without xdist)
+        os.environ[RUN_FOLDER] = tempfile.mkdtemp(prefix="scalesweep-tests-")
+
+
+def pytest_unconfigure(config) -> None:
+    if hasattr(config, "workerinput") or RUN_FOLDER not in os.environ:
+        return
+    folder = Path(os.environ.pop(RUN_FOLDER))
+    record = folder / "ray-cluster.json"
+    if record.exists():
+        _stop_cluster(json.loads(record.read_text(encoding="utf-8")))
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Cluster:
+    """One Ray cluster for the test run: a head (2 CPUs, dashboard) and a worker node (1 CPU) on
+    127.0.0.1. Sweeps that need only "a Ray" run on it by --address (each CLI run would otherwise
+    start and stop a local instance, seconds each); tests that kill a driver with its local Ray, or
+    test the local default itself, keep their own."""
+    folder = Path(os.environ[RUN_FOLDER])
+    record = folder / "ray-cluster.json"
+    with (folder / "ray-cluster.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not record.exists():
+            record.write_text(json.dumps(_start_cluster()), encoding="utf-8")
+        started = json.loads(record.read_text(encoding="utf-8"))
+    return Cluster(gcs=started["gcs"], dashboard=started["dashboard"])
+
+
+def _start_cluster() -> dict:
+    """Start the head and a worker node, each in its own session; what `_stop_cluster` needs.
+
+    Every process here is started in its own session and stopped by signalling those sessions,
+    never with `ray stop`, which would stop every Ray on the machine. Ray 2.60 turns token
+    authentication on for a new head when ~/.ray/auth_token exists, and a worker node started by
+    `ray start --address` does not send the token, so the cluster and its clients run with
+    RAY_AUTH_MODE=disabled (RAY_ENV)."""
     temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths must fit in 107 chars
     gcs, dashboard = free_port(), free_port()
     env = clean_env(**RAY_ENV)
@@ -249,19 +285,37 @@ def ray_cluster():
     worker_args = ["ray", "start", "--block", "--address", f"127.0.0.1:{gcs}", "--num-cpus", "1"]
     worker_args += ["--node-ip-address", "127.0.0.1", "--disable-usage-stats", *_node_ports()]
     nodes = [spawn(head_args, temp, temp / "head.log", env)]
+    started = {"gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dashboard}", "temp": str(temp)}
     try:
-        assert wait_until(lambda: answers(f"http://127.0.0.1:{dashboard}/api/version"), 180), "no Ray dashboard"
+        assert wait_until(lambda: answers(f"{started['dashboard']}/api/version"), 180), "no Ray dashboard"
         nodes.append(spawn(worker_args, temp, temp / "worker.log", env))
-        assert wait_until(lambda: alive_nodes(f"127.0.0.1:{gcs}") == 2, 180, interval=1), "no second node"
-        yield Cluster(gcs=f"127.0.0.1:{gcs}", dashboard=f"http://127.0.0.1:{dashboard}")
-    finally:
-        for node in reversed(nodes):
-            kill_session(node, signal.SIGTERM)
-        # A node drains for up to 30 s; the session's work is done, so give it 3 s, then SIGKILL.
-        wait_until(lambda: all(node.poll() is not None for node in nodes), 3, interval=0.2)
-        for node in nodes:
-            kill_session(node)
-        shutil.rmtree(temp, ignore_errors=True)
+        assert wait_until(lambda: alive_nodes(started["gcs"]) == 2, 180, interval=1), "no second node"
+    except BaseException:
+        _stop_cluster({**started, "sessions": [node.pid for node in nodes]})
+        raise
+    return {**started, "sessions": [node.pid for node in nodes]}
+
+
+def _stop_cluster(started: dict) -> None:
+    """SIGTERM every process of the nodes' sessions; a node drains for up to 30 s, but the run's
+    work is done, so after 3 s SIGKILL what is left."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for session in reversed(started["sessions"]):
+            _signal_session(session, sig)
+        if sig == signal.SIGTERM:
+            wait_until(lambda: not any(_session_pids(s) for s in started["sessions"]), 3, interval=0.2)
+    shutil.rmtree(started["temp"], ignore_errors=True)
+
+
+def _session_pids(sid: int) -> list[int]:
+    listing = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout.split()
+    return [int(pid) for pid, s in zip(listing[::2], listing[1::2], strict=True) if int(s) == sid]
+
+
+def _signal_session(sid: int, sig: int) -> None:
+    for pid in _session_pids(sid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
 
 
 def run_on(cluster: Cluster, spec: Path, *args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:

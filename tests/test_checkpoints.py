@@ -20,7 +20,7 @@ from scalesweep.ledger import ChildRun, Ledger
 from scalesweep.plan import RunConfig, plan
 from scalesweep.spec import CheckpointSpec, parse_spec
 from scalesweep.train import Checkpointer, train_ensemble, train_one, train_runs
-from tests.conftest import cli, fast_spec, fresh_store, kill_session, wait_until, write_spec
+from tests.conftest import RAY_ENV, cli, fast_spec, fresh_store, kill_session, wait_until, write_spec
 from tests.test_ensemble import configs as ensemble_configs
 from tests.test_faults import assert_complete, start_driver
 
@@ -214,16 +214,20 @@ def checkpoint_tags(db) -> int:
 
 
 @pytest.mark.slow
-def test_a_driver_killed_after_a_checkpoint_is_resumed_from_it(workdir):
-    steps = 3000
+def test_a_driver_killed_after_a_checkpoint_is_resumed_from_it(workdir, empty_store, ray_cluster):
+    # The kill comes as soon as two checkpoints are recorded (polled every 0.2 s), so a thousand steps
+    # leave the runs far from done; both drivers run on the session's Ray cluster.
+    steps = 1000
     extra = "checkpoint: {after_seconds: 0, every_seconds: 1}"
     spec = write_spec(workdir, fast_spec("ckpt", widths=(4, 8), sizes=(20, 30), steps=steps, cpus=1, extra=extra))
-    driver, log = start_driver(spec, workdir)
+    fresh_store(workdir, empty_store)
+    on_cluster = ("--address", ray_cluster.gcs)
+    driver, log = start_driver(spec, workdir, *on_cluster, env=RAY_ENV)
     recorded = wait_until(lambda: checkpoint_tags(workdir / "mlflow.db") >= 2 or driver.poll() is not None, 240, 0.2)
     kill_session(driver)
     assert recorded and driver.returncode == -signal.SIGKILL, log.read_text()
 
-    rerun = cli("run", str(spec), cwd=workdir, timeout=400)
+    rerun = cli("run", str(spec), *on_cluster, cwd=workdir, env=RAY_ENV, timeout=400)
     output = rerun.stdout + rerun.stderr
     assert rerun.returncode == 0, output
     resumed = re.search(r"resumed (\d+) runs from checkpoints", output)

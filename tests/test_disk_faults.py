@@ -20,6 +20,8 @@ import pandas as pd
 import pytest
 
 from tests.conftest import (
+    RAY_ENV,
+    Cluster,
     child_runs,
     clean_env,
     cli,
@@ -27,6 +29,7 @@ from tests.conftest import (
     fresh_store,
     kill_session,
     planned_keys,
+    run_on,
     spawn,
     wait_until,
     write_spec,
@@ -106,17 +109,22 @@ def _finished_keys(uri: str, sweep: str) -> list[str]:
     return sorted(r.data.tags["scalesweep.run_key"] for r in child_runs(uri, sweep) if r.info.status == "FINISHED")
 
 
-SLOW_RUNS = dict(widths=(4, 8), sizes=(20, 30), seeds=2, steps=1500, cpus=1.0)
+# Four seed ensembles, three at a time on the session's Ray cluster: when the first run has finished,
+# the others still have hundreds of steps to go, and their writes meet the full disk.
+SLOW_RUNS = dict(widths=(4, 8), sizes=(20, 30), seeds=2, steps=1000, cpus=1.0)
 
 
-def _mid_sweep(disk: Path, empty_store: Path, sweep: str, patience: int) -> tuple[Path, str, subprocess.Popen, Path]:
+def _mid_sweep(
+    disk: Path, empty_store: Path, cluster: Cluster, sweep: str, patience: int
+) -> tuple[Path, str, subprocess.Popen, Path]:
     """(spec, store URI, driver, its log): a sweep on `disk` driven in the background, once its
     first run has finished and others are still to come. The log is outside the disk that fills."""
     spec = write_spec(disk, fast_spec(sweep, **SLOW_RUNS))
     uri = fresh_store(disk, empty_store)
     log = disk.parent / f"driver-{sweep}.log"
-    env = clean_env(SCALESWEEP_TRACKING_PATIENCE=str(patience))
-    driver = spawn([sys.executable, "-m", "scalesweep", "run", str(spec)], disk, log, env)
+    env = clean_env(SCALESWEEP_TRACKING_PATIENCE=str(patience), **RAY_ENV)
+    command = [sys.executable, "-m", "scalesweep", "run", str(spec), "--address", cluster.gcs]
+    driver = spawn(command, disk, log, env)
     try:
         assert wait_until(lambda: len(_finished_keys(uri, sweep)) >= 1 or driver.poll() is not None, 240)
         assert driver.poll() is None, log.read_text()
@@ -127,8 +135,8 @@ def _mid_sweep(disk: Path, empty_store: Path, sweep: str, patience: int) -> tupl
 
 
 @pytest.mark.slow
-def test_a_disk_that_fills_mid_sweep_is_waited_for_and_the_sweep_completes(small_disk, empty_store):
-    spec, uri, driver, log = _mid_sweep(small_disk, empty_store, "full", patience=300)
+def test_a_disk_that_fills_mid_sweep_is_waited_for_and_the_sweep_completes(small_disk, empty_store, ray_cluster):
+    spec, uri, driver, log = _mid_sweep(small_disk, empty_store, ray_cluster, "full", patience=300)
     try:
         filler = fill(small_disk)
         assert wait_until(lambda: "cannot be written" in log.read_text() or driver.poll() is not None, 120)
@@ -144,8 +152,8 @@ def test_a_disk_that_fills_mid_sweep_is_waited_for_and_the_sweep_completes(small
 
 
 @pytest.mark.slow
-def test_a_disk_that_stays_full_stops_the_sweep_clearly_and_a_rerun_completes(small_disk, empty_store):
-    spec, uri, driver, log = _mid_sweep(small_disk, empty_store, "stays_full", patience=15)
+def test_a_disk_that_stays_full_stops_the_sweep_clearly_and_a_rerun_completes(small_disk, empty_store, ray_cluster):
+    spec, uri, driver, log = _mid_sweep(small_disk, empty_store, ray_cluster, "stays_full", patience=6)
     try:
         recorded = _finished_keys(uri, "stays_full")
         filler = fill(small_disk)
@@ -157,6 +165,6 @@ def test_a_disk_that_stays_full_stops_the_sweep_clearly_and_a_rerun_completes(sm
     assert "Traceback" not in text and "cannot be written" in text and "run the same command again" in text
     filler.unlink()
     assert set(recorded) <= set(_finished_keys(uri, "stays_full"))  # nothing recorded was lost
-    rerun = cli("run", str(spec), cwd=small_disk, timeout=600)
+    rerun = run_on(ray_cluster, spec, cwd=small_disk, timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert _finished_keys(uri, "stays_full") == sorted(planned_keys(spec))

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from scalesweep import lease, store
 from scalesweep.lease import Lease
-from tests.conftest import child_runs, cli, fast_spec, fresh_store, kill_session, wait_until, write_spec
+from tests.conftest import RAY_ENV, child_runs, cli, fast_spec, fresh_store, kill_session, wait_until, write_spec
 from tests.test_faults import assert_complete, start_driver
 
 # ---------------------------------------------------------------- the lease itself (pure)
@@ -86,31 +86,43 @@ def test_a_live_lease_of_another_host_refuses_a_second_driver_before_anything_ru
     assert parent.data.tags[f"{lease.PREFIX}.token"] == "theirs"  # the holder's lease is left alone
 
 
+def _on(cluster) -> tuple[str, ...]:
+    """Run on the session's Ray cluster."""
+    return ("--address", cluster.gcs)
+
+
 @pytest.mark.slow
 def test_a_stale_lease_of_another_host_is_taken_over(workdir, empty_store, ray_cluster):
     spec = write_spec(workdir, fast_spec("stale", widths=(4,), sizes=(20,)))
     uri = fresh_store(workdir, empty_store)
     long_ago = time.time() - 10 * lease.TTL_SECONDS
     _plant(uri, "stale", Lease("gpu-box-7", 4242, "theirs", long_ago, long_ago))
-    result = cli("run", str(spec), "--address", ray_cluster.gcs, cwd=workdir, env={"RAY_AUTH_MODE": "disabled"})
+    result = cli("run", str(spec), *_on(ray_cluster), cwd=workdir, env=RAY_ENV)
     assert result.returncode == 0, result.stdout + result.stderr
     assert_complete(uri, "stale", spec, steps=20)
     _, parent = _parent(uri, "stale")
     assert Lease.from_tags(parent.data.tags) is None  # handed back at the end
 
 
-LONG = dict(widths=(4, 8), sizes=(20, 30), steps=1500, cpus=1)
+# Sweeps of the drivers below run on the session's Ray cluster: the lease is the driver's, not Ray's,
+# and a local Ray per driver would cost seconds of CPU each. A few hundred steps: the tests wait on
+# events (the first driver's "runs to do", a stopped process), not on training being long.
+SHORT = dict(widths=(4, 8), sizes=(20, 30), steps=300, cpus=1)
 
 
 @pytest.mark.slow
-def test_two_drivers_on_one_sweep_train_each_run_once(workdir):
-    # long enough (~30 s of training on 2 idle cores) that the second driver finds the first at work
-    spec = write_spec(workdir, fast_spec("twice", **{**LONG, "steps": 5000}))
-    first, first_log = start_driver(spec, workdir)
+def test_two_drivers_on_one_sweep_train_each_run_once(workdir, empty_store, ray_cluster):
+    spec = write_spec(workdir, fast_spec("twice", **SHORT))
+    fresh_store(workdir, empty_store)
+    first, first_log = start_driver(spec, workdir, *_on(ray_cluster), env=RAY_ENV)
     try:
         assert wait_until(lambda: "runs to do" in first_log.read_text() or first.poll() is not None, 180)
-        assert first.poll() is None, first_log.read_text()
-        second = cli("run", str(spec), cwd=workdir, timeout=120)
+        os.kill(first.pid, signal.SIGSTOP)  # the first driver stays at work, however fast its runs train
+        try:
+            assert first.poll() is None, first_log.read_text()
+            second = cli("run", str(spec), *_on(ray_cluster), cwd=workdir, env=RAY_ENV, timeout=120)
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
         text = " ".join((second.stdout + second.stderr).split())
         assert second.returncode == 2, text
         assert "already being run by another driver" in text and f"PID {first.pid}" in text
@@ -118,14 +130,15 @@ def test_two_drivers_on_one_sweep_train_each_run_once(workdir):
     finally:
         kill_session(first)
     assert first.returncode == 0, first_log.read_text()
-    runs = assert_complete(f"sqlite:///{workdir}/mlflow.db", "twice", spec, steps=5000)
+    runs = assert_complete(f"sqlite:///{workdir}/mlflow.db", "twice", spec, steps=300)
     assert len(runs) == len({r.data.tags["scalesweep.run_key"] for r in runs})  # no key trained twice
 
 
 @pytest.mark.slow
-def test_two_drivers_started_together_train_each_run_once(workdir):
-    spec = write_spec(workdir, fast_spec("together", **LONG))
-    drivers = [start_driver(spec, workdir) for _ in range(2)]
+def test_two_drivers_started_together_train_each_run_once(workdir, ray_cluster):
+    # on a new store: both drivers create it at once (its schema is made under a lock, store.py)
+    spec = write_spec(workdir, fast_spec("together", **SHORT))
+    drivers = [start_driver(spec, workdir, *_on(ray_cluster), env=RAY_ENV) for _ in range(2)]
     try:
         for driver, _ in drivers:
             driver.wait(timeout=500)
@@ -136,20 +149,21 @@ def test_two_drivers_started_together_train_each_run_once(workdir):
     logs = "\n".join(log.read_text() for _, log in drivers)
     assert codes == [0, 2], logs
     assert "already being run by another driver" in logs
-    runs = assert_complete(f"sqlite:///{workdir}/mlflow.db", "together", spec, steps=1500)
+    runs = assert_complete(f"sqlite:///{workdir}/mlflow.db", "together", spec, steps=300)
     assert len(runs) == len({r.data.tags["scalesweep.run_key"] for r in runs})
 
 
 @pytest.mark.slow
-def test_a_driver_killed_while_holding_the_lease_does_not_block_the_rerun(workdir):
-    spec = write_spec(workdir, fast_spec("killed", **LONG))
-    driver, log = start_driver(spec, workdir)
+def test_a_driver_killed_while_holding_the_lease_does_not_block_the_rerun(workdir, empty_store, ray_cluster):
+    spec = write_spec(workdir, fast_spec("killed", **SHORT))
+    fresh_store(workdir, empty_store)
+    driver, log = start_driver(spec, workdir, *_on(ray_cluster), env=RAY_ENV)
     try:
         assert wait_until(lambda: "runs to do" in log.read_text() or driver.poll() is not None, 180)
     finally:
         kill_session(driver, signal.SIGKILL)
     _, parent = _parent(f"sqlite:///{workdir}/mlflow.db", "killed")
     assert Lease.from_tags(parent.data.tags) is not None  # left behind by the kill
-    rerun = cli("run", str(spec), cwd=workdir, timeout=500)
+    rerun = cli("run", str(spec), *_on(ray_cluster), cwd=workdir, env=RAY_ENV, timeout=500)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert_complete(f"sqlite:///{workdir}/mlflow.db", "killed", spec, steps=1500)
+    assert_complete(f"sqlite:///{workdir}/mlflow.db", "killed", spec, steps=300)
