@@ -21,9 +21,11 @@ hits every method alike. Printed: medians of wall time, runs per minute,
 per-run overhead (wall minus the pure training time of the plain loop, per
 run) and peak memory, and scalesweep's wall-time ratios.
 
-    python benchmarks/compare.py [--reps 3] [--quick] [--gpu]
+    python benchmarks/compare.py [--reps 3] [--quick] [--gpu] [--steps 2000] [--methods plain,scalesweep]
 
-`--quick` is a smoke test (1 width x 1 size x 2 seeds, 30 steps, 1 repetition).
+`--quick` is a smoke test (1 width x 1 size x 2 seeds, 30 steps, 1 repetition). `--steps`
+trains every run that many steps (2000: the steady state, where start-up matters less);
+`--methods` runs only some methods (ray-tune alone takes about 8 minutes on 2 cores).
 `--gpu` runs the GPU section instead: many small runs packed on one GPU with
 fractional `resources.gpus_per_run` against one run at a time (skipped, with a
 message, where no CUDA GPU is visible).
@@ -219,6 +221,7 @@ class Measurement:
     peak_mib: float
     runs_logged: int
     load: float  # 1-minute load average at the end
+    breakdown: str = ""  # the processes at the peak of memory
 
 
 def measure(method: str, grid: Grid, gpus_per_run: float = 0.0, max_concurrent: int | None = None) -> Measurement:
@@ -247,7 +250,8 @@ def measure(method: str, grid: Grid, gpus_per_run: float = 0.0, max_concurrent: 
             raise RuntimeError(f"{method} exited with {code}:\n{output[-3000:]}")
         db = Path(workdir) / "mlflow.db"
         train = _scalesweep_train_seconds(db) if method == "scalesweep" else _result(output)
-        return Measurement(wall, train, sampler.peak / 2**20, _runs_logged(db), os.getloadavg()[0])
+        peak = sampler.peak / 2**20
+        return Measurement(wall, train, peak, _runs_logged(db), os.getloadavg()[0], sampler.breakdown())
 
 
 def _result(output: str) -> float:
@@ -274,30 +278,58 @@ class MemorySampler(threading.Thread):
     def __init__(self, pid: int, interval: float = 0.2):
         super().__init__(daemon=True)
         self.pid, self.interval, self.peak = pid, interval, 0
+        self.at_peak: list[tuple[int, str]] = []
         self.done = threading.Event()
         self.page = os.sysconf("SC_PAGE_SIZE")
 
     def run(self) -> None:
         while not self.done.wait(self.interval):
-            self.peak = max(self.peak, self.tree_rss())
+            processes = self.tree()
+            total = sum(rss for rss, _ in processes)
+            if total > self.peak:
+                self.peak, self.at_peak = total, processes
+
+    def tree_rss(self) -> int:
+        return sum(rss for rss, _ in self.tree())
+
+    def breakdown(self) -> str:
+        """The processes at the peak, largest first: 'MiB name' lines."""
+        rows = sorted(self.at_peak, reverse=True)
+        return "\n".join(f"{rss / 2**20:7.0f} MiB  {name}" for rss, name in rows)
 
     def stop(self) -> None:
         self.done.set()
         self.join()
 
-    def tree_rss(self) -> int:
+    def tree(self) -> list[tuple[int, str]]:
+        """(RSS bytes, name) of the process and each of its descendants."""
         children: dict[int, list[int]] = {}
         for entry in os.listdir("/proc"):
             if entry.isdigit():
                 ppid = _ppid(int(entry))
                 if ppid is not None:
                     children.setdefault(ppid, []).append(int(entry))
-        total, todo = 0, [self.pid]
+        found, todo = [], [self.pid]
         while todo:
             pid = todo.pop()
-            total += _rss_pages(pid) * self.page
+            found.append((_rss_pages(pid) * self.page, _name(pid)))
             todo.extend(children.get(pid, []))
-        return total
+        return found
+
+
+def _name(pid: int) -> str:
+    """A short name for a process: Ray's own title (ray::IDLE, ray::train_task), else its command."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            words = [w.decode(errors="replace") for w in f.read().split(b"\0") if w]
+    except OSError:
+        return "?"
+    if not words:
+        return "?"
+    if words[0].startswith("ray::") or len(words) == 1:
+        return words[0].rsplit("/", 1)[-1][:60]
+    script = next((w for w in words[1:] if not w.startswith("-")), "")
+    return f"{words[0].rsplit('/', 1)[-1]} {script.rsplit('/', 1)[-1]}"[:60]
 
 
 def _ppid(pid: int) -> int | None:
@@ -319,11 +351,12 @@ def _rss_pages(pid: int) -> int:
 # ---------------------------------------------------------------- the comparison
 
 
-def compare(grid: Grid, reps: int) -> dict[str, list[Measurement]]:
+def compare(grid: Grid, reps: int, methods: list[str] = METHODS, memory: bool = False) -> dict[str, list[Measurement]]:
     """Every method `reps` times, the order rotating by one each repetition."""
-    results: dict[str, list[Measurement]] = {m: [] for m in METHODS}
+    results: dict[str, list[Measurement]] = {m: [] for m in methods}
     for rep in range(reps):
-        for method in METHODS[rep % 3 :] + METHODS[: rep % 3]:
+        shift = rep % len(methods)
+        for method in methods[shift:] + methods[:shift]:
             m = measure(method, grid)
             results[method].append(m)
             print(
@@ -331,6 +364,8 @@ def compare(grid: Grid, reps: int) -> dict[str, list[Measurement]]:
                 f"peak {m.peak_mib:6.0f} MiB, {m.runs_logged} runs logged, load {m.load:.2f}",
                 flush=True,
             )
+            if memory:
+                print(m.breakdown, flush=True)
     return results
 
 
@@ -340,19 +375,23 @@ def table(grid: Grid, results: dict[str, list[Measurement]]) -> str:
         m: {k: statistics.median(getattr(r, k) for r in rs) for k in ("wall", "train", "peak_mib")}
         for m, rs in results.items()
     }
-    pure = med["plain"]["train"]  # the work every method has to do, done without overhead
+    pure = med["plain"]["train"] if "plain" in med else math.nan  # the work every method has, without overhead
     n = grid.n_runs
     lines = [
         f"{'method':<12}{'wall s':>9}{'runs/min':>10}{'overhead s/run':>16}{'own train s':>13}{'peak MiB':>10}",
     ]
-    for method in METHODS:
+    for method in results:
         wall = med[method]["wall"]
         lines.append(
             f"{method:<12}{wall:>9.1f}{60 * n / wall:>10.1f}{(wall - pure) / n:>16.2f}"
             f"{med[method]['train']:>13.1f}{med[method]['peak_mib']:>10.0f}"
         )
+    if "scalesweep" not in med:
+        return "\n".join(lines)
     ours = med["scalesweep"]["wall"]
-    for other, goal in (("plain", 0.6), ("ray-tune", 0.5)):
+    for other, goal in (("plain", 0.25 if grid.steps >= 2000 else 0.6), ("ray-tune", 0.5)):
+        if other not in med:
+            continue
         ratio = ours / med[other]["wall"]
         verdict = "met" if ratio <= goal else "MISSED"
         lines.append(f"scalesweep / {other}: {ratio:.2f}x wall (goal <= {goal}x: {verdict})")
@@ -363,11 +402,15 @@ def table(grid: Grid, results: dict[str, list[Measurement]]) -> str:
 # ---------------------------------------------------------------- GPU: packed small runs vs one at a time
 
 
-GPU_GRID = Grid(widths=[64, 128, 256, 512], data_sizes=[200, 400, 800], seeds=4, steps=2000)
+# 12 seed ensembles of 8 seeds (96 runs); packed at 1/16 GPU each, all 12 are on the GPU at once: 96 runs in flight.
+GPU_GRID = Grid(widths=[64, 128, 256, 512], data_sizes=[200, 400, 800], seeds=8, steps=1000)
+GPU_ONE_RUN = Grid(widths=GPU_GRID.widths, data_sizes=GPU_GRID.data_sizes, seeds=1, steps=GPU_GRID.steps)
+PACKED_SHARE = 1 / 16
 
 
 def gpu_section(reps: int) -> None:
-    """scalesweep on one GPU: fractional gpus_per_run (many runs packed) vs a whole GPU per run."""
+    """scalesweep on one GPU: many runs packed on it (fractional gpus_per_run, seed ensembles) against
+    one seed ensemble at a time and one run at a time (a whole GPU each); runs per minute, GPU use."""
     try:
         import torch
 
@@ -377,21 +420,30 @@ def gpu_section(reps: int) -> None:
     if not visible:
         print("GPU section skipped: no CUDA GPU is visible here (torch.cuda.is_available() is False or no nvidia-smi).")
         return
-    variants = {"packed (gpus_per_run 0.125)": (0.125, None), "one at a time (gpus_per_run 1)": (1.0, None)}
-    print(f"GPU section: {GPU_GRID.n_runs} runs, {torch.cuda.get_device_name(0)}")
-    for name, (gpus, cap) in variants.items():
+    in_flight = min(len(GPU_GRID.widths) * len(GPU_GRID.data_sizes), int(1 / PACKED_SHARE), os.cpu_count() or 1)
+    variants = {
+        f"packed ({in_flight * GPU_GRID.seeds} runs in flight)": (GPU_GRID, PACKED_SHARE),
+        f"one ensemble of {GPU_GRID.seeds} at a time": (GPU_GRID, 1.0),
+        "one run at a time": (GPU_ONE_RUN, 1.0),
+    }
+    print(f"GPU section: {torch.cuda.get_device_name(0)}, {GPU_GRID.steps} steps a run")
+    rates = {}
+    for name, (grid, gpus) in variants.items():
         walls, utils = [], []
         for _ in range(reps):
             sampler = GpuSampler()
             sampler.start()
-            walls.append(measure("scalesweep", GPU_GRID, gpus_per_run=gpus, max_concurrent=cap).wall)
+            walls.append(measure("scalesweep", grid, gpus_per_run=gpus).wall)
             utils.append(sampler.stop())
         wall = statistics.median(walls)
+        rates[name] = 60 * grid.n_runs / wall
         mean_util = statistics.median(u[0] for u in utils)
         print(
-            f"{name:<32} wall {wall:7.1f} s  {60 * GPU_GRID.n_runs / wall:7.1f} runs/min  "
+            f"{name:<32} {grid.n_runs:3d} runs  wall {wall:7.1f} s  {rates[name]:7.1f} runs/min  "
             f"GPU util mean {mean_util:5.1f}%  max {max(u[1] for u in utils):5.1f}%"
         )
+    packed, alone = next(iter(rates.values())), rates["one run at a time"]
+    print(f"throughput, packed / one run at a time: {packed / alone:.1f}x (goal: >= 10x with >= 64 runs in flight)")
 
 
 class GpuSampler(threading.Thread):
@@ -431,6 +483,11 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="smoke test: 2 runs of 30 steps, 1 repetition")
     parser.add_argument("--gpu", action="store_true", help="the GPU section: packed fractional runs vs one at a time")
+    parser.add_argument("--steps", type=int, help="training steps per run (default 300; 2000: the steady state)")
+    parser.add_argument(
+        "--methods", default=",".join(METHODS), help=f"comma-separated, of {','.join(METHODS)} (ray-tune takes ~8 min)"
+    )
+    parser.add_argument("--memory", action="store_true", help="print each method's processes at its peak of memory")
     parser.add_argument("--method", choices=["plain", "ray-tune"], help=argparse.SUPPRESS)  # one method, in-process
     parser.add_argument("--grid", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -442,14 +499,20 @@ def main() -> None:
     if args.gpu:
         gpu_section(args.reps)
         return
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        parser.error(f"--methods: {', '.join(unknown) or 'none given'}; choose from {', '.join(METHODS)}")
     grid, reps = (QUICK, 1) if args.quick else (Grid(), args.reps)
+    if args.steps is not None:
+        grid = Grid(**{**asdict(grid), "steps": args.steps})
     print(f"machine: {machine()}; load average before: {os.getloadavg()[0]:.2f}")
     print(
         f"grid: {len(grid.widths)} widths x {len(grid.data_sizes)} data sizes x {grid.seeds} seeds = {grid.n_runs} "
         f"runs, {grid.steps} steps, eval every {grid.eval_every}; {reps} repetition(s), order rotating",
         flush=True,
     )
-    results = compare(grid, reps)
+    results = compare(grid, reps, methods, memory=args.memory)
     print(f"\nmedians over {reps} repetition(s); load average after: {os.getloadavg()[0]:.2f}")
     print(table(grid, results))
 
