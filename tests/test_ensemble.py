@@ -70,29 +70,27 @@ def assert_same(alone: dict, together: dict, rtol: float = 1e-4) -> None:
         assert ra == pytest.approx(rb, rel=rtol, abs=1e-5, nan_ok=True)
 
 
+# A per-token transformer on in-context sequences (10 steps: Adam amplifies rounding differences
+# beyond that), and the toy model of superposition (regression): cases tests/test_groups.py reuses.
+TRANSFORMER = {
+    "task": "in_context",
+    "task_params": {"vocab": 12, "seq_len": 12, "span": 3, "n_test": 16},
+    "family": "transformer",
+    "model_params": {"n_heads": 2, "attention_only": True},
+    "parametrization": "mup",
+    "model_size": 16,
+    "training": {"steps": 10, "batch_size": 64, "eval_every": 5, "optimizer": "adam"},
+}
+TMS = {"task": "superposition", "task_params": {"n_features": 6, "n_test": 50}, "family": "tms", "model_params": {}}
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
         {},  # minibatches of an MLP with AdamW
         {"parametrization": "mup", "model_size": 64, "training": {"optimizer": "sgd", "lr": 0.1}},
-        {
-            "task": "in_context",
-            "task_params": {"vocab": 12, "seq_len": 12, "span": 3, "n_test": 16},
-            "family": "transformer",
-            "model_params": {"n_heads": 2, "attention_only": True},
-            "parametrization": "mup",
-            "model_size": 16,
-            "data_size": 40,
-            "training": {"steps": 10, "batch_size": 64, "eval_every": 5, "optimizer": "adam"},
-        },
-        {
-            "task": "superposition",
-            "task_params": {"n_features": 6, "n_test": 50},
-            "family": "tms",
-            "model_params": {},
-            "model_size": 2,
-            "observables": OBSERVABLES + ["features_per_dim"],
-        },
+        {**TRANSFORMER, "data_size": 40},
+        {**TMS, "model_size": 2, "observables": OBSERVABLES + ["features_per_dim"]},
     ],
     ids=["mlp-adamw", "mlp-mup-sgd", "transformer-mup-adam", "tms"],
 )

@@ -13,7 +13,7 @@ from scalesweep.spec import TrainingSpec
 from scalesweep.train import train_ensemble, train_one, train_runs
 from tests.test_checkpoints import EVERY_EVAL, results, until_checkpoint
 from tests.test_checkpoints import assert_same as assert_same_resumed
-from tests.test_ensemble import assert_same, by_run, configs
+from tests.test_ensemble import TMS, TRANSFORMER, assert_same, by_run, configs
 
 CPU = torch.device("cpu")
 
@@ -29,17 +29,6 @@ def varied(points, **overrides):
 
 
 POINTS = [(0, 60, 1e-2, 0.5), (1, 100, 1e-2, 0.5), (0, 100, 3e-3, 0.5), (2, 150, 1e-2, 0.0), (1, 60, 3e-2, 1.0)]
-TRANSFORMER = {
-    "task": "in_context",
-    "task_params": {"vocab": 12, "seq_len": 12, "span": 3, "n_test": 16},
-    "family": "transformer",
-    "model_params": {"n_heads": 2, "attention_only": True},
-    "parametrization": "mup",
-    "model_size": 16,
-    # 20 and 40 sequences: full batches, a per-token mask; 10 steps, as test_ensemble's transformer
-    "training": {"steps": 10, "eval_every": 5, "batch_size": 64, "optimizer": "adam"},
-}
-TMS = {"task": "superposition", "task_params": {"n_features": 6, "n_test": 50}, "family": "tms", "model_params": {}}
 
 
 @pytest.mark.parametrize(
@@ -49,7 +38,7 @@ TMS = {"task": "superposition", "task_params": {"n_features": 6, "n_test": 50}, 
         (POINTS, {"training": {"batch_size": 512}}),  # full batches of different lengths: padded, masked
         (POINTS, {"training": {"batch_size": 80}}),  # a mix: 60 is its whole set, 100 and 150 draw 80
         (POINTS, {"parametrization": "mup", "model_size": 64, "training": {"optimizer": "sgd"}}),
-        ([(0, 20, 1e-2, 0.0), (1, 40, 3e-3, 0.1)], TRANSFORMER),
+        ([(0, 20, 1e-2, 0.0), (1, 40, 3e-3, 0.1)], TRANSFORMER),  # full batches, a per-token mask
         ([(0, 60, 1e-2, 0.0), (1, 100, 3e-2, 0.1), (0, 100, 1e-2, 0.0)], {**TMS, "model_size": 2}),
     ],
     ids=["minibatches", "full-batches", "mixed", "mup-sgd", "transformer-per-token", "tms-regression"],
