@@ -31,6 +31,12 @@ def mark(name: str, at: float | None = None) -> None:
         pass
 
 
+def mark_process_start() -> None:
+    """Mark when this process started (a worker: Ray may have started it long before its task), when tracing."""
+    if os.environ.get(TRACE_ENV):
+        mark("worker_process", process_started())
+
+
 def process_started() -> float | None:
     """When this process started (unix seconds), from /proc; None where there is no /proc."""
     try:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from scalesweep.plan import RunConfig
-from scalesweep.startup import mark, mark_first_step, process_started
+from scalesweep.startup import mark, mark_first_step, mark_process_start
 
 
 def warm_up() -> int:
@@ -21,7 +21,7 @@ def warm_up() -> int:
     what a task needs on its first step, done while the driver still opens the store and takes
     the lease. Imports torch and the trainer (with pandas and the observables), and runs one
     AdamW step on a single number (the first optimiser step imports `torch._dynamo`, ~1 s)."""
-    mark("worker_process", process_started())
+    mark_process_start()
     mark("worker_begin")
     import torch
 
@@ -44,7 +44,7 @@ def train_task(
     """Ray streaming task: train a seed ensemble, yielding events as they come.
     `checkpoint`: the spec's checkpoint section (when to send checkpoints); `resume`: run key ->
     the checkpoint a killed attempt left, to go on from."""
-    mark("worker_process", process_started())
+    mark_process_start()
     mark("task_started")
     from scalesweep.spec import CheckpointSpec
     from scalesweep.train import train_runs
