@@ -743,7 +743,11 @@ def _number(text: str) -> Any:
 
 
 def ui_command(uri: str, host: str, port: int) -> list[str]:
-    """The `mlflow ui` command line that `scalesweep ui` runs: always with an explicit --host."""
+    """The `mlflow ui` command line that `scalesweep ui` runs: always with an explicit --host, and
+    one server process. MLflow's default is four uvicorn workers under a supervisor that kills a
+    worker which misses its 5 s health check; on a busy 2-core machine the four, importing MLflow
+    at once, missed it and were killed in a loop, so the UI never answered. One person's UI needs
+    one process (and starts in a quarter of the CPU)."""
     mlflow_bin = shutil.which("mlflow")
     launcher = [mlflow_bin] if mlflow_bin else [sys.executable, "-m", "mlflow"]
-    return [*launcher, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    return [*launcher, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port), "--workers", "1"]
