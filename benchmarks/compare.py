@@ -88,7 +88,7 @@ def train_plain(grid: Grid, width: int, data_size: int, seed: int, log: Callable
     import torch
 
     from scalesweep.zoo import FAMILIES, TASKS
-    from scalesweep.zoo.base import loss_fn_for
+    from scalesweep.zoo.data import loss_fn_for
 
     started, logging = time.perf_counter(), 0.0
     task, family = TASKS["modular_arithmetic"], FAMILIES["mlp"]

@@ -30,7 +30,7 @@ from scalesweep import observables as obs
 from scalesweep.plan import RunConfig
 from scalesweep.spec import DEFAULT_OBSERVABLES, TrainingSpec
 from scalesweep.train import build, train_to_result
-from scalesweep.zoo.base import loss_fn_for
+from scalesweep.zoo.data import loss_fn_for
 
 MODEL_PARAMS = {"mlp": {"depth": 1, "embed_dim": 16}, "transformer": {"n_layers": 2, "n_heads": 4}}
 

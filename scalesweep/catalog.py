@@ -65,12 +65,13 @@ def _show(value: Any) -> str:
 
 def tasks() -> list[Entry]:
     from scalesweep.zoo import TASKS
+    from scalesweep.zoo.base import load
 
     return [
         Entry(
             name,
             parameters_of(info.params_model),
-            first_sentence(inspect.getdoc(info.make)),
+            first_sentence(inspect.getdoc(load(info.generator))),
             {"known for": " ".join(info.known_for.split())},
         )
         for name, info in sorted(TASKS.items())
@@ -79,12 +80,13 @@ def tasks() -> list[Entry]:
 
 def families() -> list[Entry]:
     from scalesweep.zoo import FAMILIES
+    from scalesweep.zoo.base import load
 
     rows = []
     for name, info in sorted(FAMILIES.items()):
-        module = inspect.getmodule(info.build)
-        built = _built_class(info.build, module)
-        doc = inspect.getdoc(built) if built is not None else inspect.getdoc(info.build)
+        build = load(info.builder)
+        built = _built_class(build, inspect.getmodule(build))
+        doc = inspect.getdoc(built) if built is not None else inspect.getdoc(build)
         rows.append(Entry(name, parameters_of(info.params_model), first_sentence(doc), {"model_size is": info.knob}))
     return rows
 

@@ -29,18 +29,23 @@ Observables that read a model's insides use its optional methods (see
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-import torch
 
 from scalesweep.errors import UserError
-from scalesweep.zoo.base import IGNORE, Dataset, loss_fn_for
+from scalesweep.zoo.base import IGNORE
+
+if TYPE_CHECKING:  # torch and pandas are imported where an observable runs, not to read the registry
+    import pandas as pd
+    import torch
+
+    from scalesweep.zoo.data import Dataset
 
 
 @dataclass
@@ -69,11 +74,25 @@ class RunContext:
 
 
 StepFn = Callable[[EvalContext], dict[str, float]]
-SummaryFn = Callable[[pd.DataFrame, RunContext], dict[str, float]]
-InitFn = Callable[[torch.nn.Module, Dataset], dict[str, Any]]  # floats, or tensors a summary needs
+SummaryFn = Callable[["pd.DataFrame", RunContext], dict[str, float]]
+InitFn = Callable[["torch.nn.Module", "Dataset"], dict[str, Any]]  # floats, or tensors a summary needs
 
 
 LEVELS = ("neuron", "weight", "representation", "attention", "output")
+
+
+def no_grad(measure: Callable[..., Any]) -> Callable[..., Any]:
+    """`@torch.no_grad()` with torch imported when `measure` first runs, not when this module is
+    imported: `validate` and `plan` read the registry below without importing torch."""
+
+    @functools.wraps(measure)
+    def without_grad(*args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        with torch.no_grad():
+            return measure(*args, **kwargs)
+
+    return without_grad
 
 
 @dataclass(frozen=True)
@@ -273,6 +292,8 @@ register(
 
 def weight_norm_of(model: torch.nn.Module) -> float:
     """sqrt(sum of squares of every parameter): the L2 norm of the flattened weights."""
+    import torch
+
     with torch.no_grad():
         return math.sqrt(sum(float(p.pow(2).sum()) for p in model.parameters()))
 
@@ -358,7 +379,7 @@ def layer_outputs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Te
     return {"features": model.features(x)} if hasattr(model, "features") else {}
 
 
-@torch.no_grad()
+@no_grad
 def activation_rms_of(model: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
     """{layer: RMS of its output} (Yang et al. 2021's coordinate size)."""
     return {name: rms(out) for name, out in layer_outputs(model, x).items()}
@@ -411,6 +432,8 @@ def effective_rank_of(h: torch.Tensor) -> float:
     centred representation (rows: examples): the exp-entropy of the PCA explained-variance
     ratios (Roy & Vetterli 2007's effective rank on the variance spectrum). Ranges from 1
     (one direction) to min(rows, dims) (isotropic)."""
+    import torch
+
     h = h.reshape(-1, h.shape[-1]).double()
     h = h - h.mean(0)
     s2 = torch.linalg.svdvals(h).pow(2)
@@ -421,7 +444,7 @@ def effective_rank_of(h: torch.Tensor) -> float:
     return math.exp(float(-(p * p.log()).sum()))
 
 
-@torch.no_grad()
+@no_grad
 def _effective_rank(history: pd.DataFrame, ctx: RunContext) -> dict[str, float]:
     """effective_rank: effective_rank_of(features) on the test set (first 4096 rows)."""
     if not hasattr(ctx.model, "features"):
@@ -439,10 +462,12 @@ register(
 )
 
 
-@torch.no_grad()
+@no_grad
 def relu_rates(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     """Per ReLU unit (the last dim of every nn.ReLU output), the share of inputs (and
     positions) on which it is active (> 0); None when the model has no nn.ReLU."""
+    import torch
+
     rates: list[torch.Tensor] = []
 
     def hook(module, inputs, out):
@@ -492,7 +517,7 @@ def features_per_dim_of(w: torch.Tensor, threshold: float = 0.5) -> float:
     return (w.norm(dim=0) > threshold).sum().item() / w.shape[0]
 
 
-@torch.no_grad()
+@no_grad
 def _features_per_dim(history: pd.DataFrame, ctx: RunContext) -> dict[str, float]:
     """features_per_dim: features_per_dim_of(model.feature_weights()); NaN for models without it."""
     if not hasattr(ctx.model, "feature_weights"):
@@ -515,6 +540,8 @@ register(
 
 def repeated_random_tokens(vocab: int, period: int, repeats: int, batch: int, seed: int = 0) -> torch.Tensor:
     """`batch` sequences, each `period` distinct random tokens repeated `repeats` times."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     rows = [torch.randperm(vocab, generator=g)[:period] for _ in range(batch)]
     return torch.stack(rows).repeat(1, repeats)
@@ -523,12 +550,14 @@ def repeated_random_tokens(vocab: int, period: int, repeats: int, batch: int, se
 def induction_scores(patterns: list[torch.Tensor], period: int) -> torch.Tensor:
     """Per layer and head, the mean attention from position t >= period to t - period + 1:
     the token after the previous occurrence of the current token (Olsson et al. 2022)."""
+    import torch
+
     t = patterns[0].shape[-1]
     query = torch.arange(period, t)
     return torch.stack([p[:, :, query, query - period + 1].mean((0, 2)) for p in patterns])
 
 
-@torch.no_grad()
+@no_grad
 def induction_score_of(model: torch.nn.Module, data: Dataset) -> float:
     """Max over layers and heads of induction_scores on 16 sequences of 10 random tokens
     repeated 5 times (fewer repeats if the context is shorter; NaN below 2 repeats, or for
@@ -572,6 +601,8 @@ def sharpness_of(model: torch.nn.Module, loss: Callable[[], torch.Tensor], iters
     """Largest-magnitude eigenvalue of the Hessian of `loss()` in the parameters, by power
     iteration v <- Hv / ||Hv|| with Hessian-vector products (double backward); returns
     the Rayleigh quotient v.Hv (Cohen et al. 2021's sharpness)."""
+    import torch
+
     params = [p for p in model.parameters() if p.requires_grad]
     grads = torch.autograd.grad(loss(), params, create_graph=True)
     g = torch.Generator().manual_seed(0)
@@ -588,6 +619,10 @@ def sharpness_of(model: torch.nn.Module, loss: Callable[[], torch.Tensor], iters
 
 def _sharpness(history: pd.DataFrame, ctx: RunContext) -> dict[str, float]:
     """sharpness: sharpness_of the training loss on the first 1024 training examples."""
+    import torch
+
+    from scalesweep.zoo.data import loss_fn_for
+
     x, y = ctx.data.x_train[:SHARPNESS_ROWS], ctx.data.y_train[:SHARPNESS_ROWS]
     loss_fn = loss_fn_for(ctx.data)
     with torch.enable_grad():
@@ -619,6 +654,8 @@ def anisotropy_of(h: torch.Tensor) -> float:
     examples). Normalising the singular values (s_i / sum_j s_j) leaves the ratio as it
     is. About 1 for isotropic noise; large when one direction dominates (the "narrow cone"
     of Ethayarajh 2019); sigma_2 is floored at 1e-12 sigma_1, so rank 1 gives 1e12."""
+    import torch
+
     s = torch.linalg.svdvals(_rows(h))
     if len(s) < 2 or float(s[0]) <= 0:
         return math.nan
@@ -629,6 +666,8 @@ def rankme_of(h: torch.Tensor, eps: float = RANKME_EPS) -> float:
     """RankMe (Garrido et al. 2023): exp(-sum_k p_k log p_k) with p_k = s_k / ||s||_1 + eps,
     s the singular values of the (uncentred) representation. From 1 (rank one) to
     min(rows, dims) (all singular values equal)."""
+    import torch
+
     s = torch.linalg.svdvals(_rows(h))
     if float(s.sum()) <= 0:
         return math.nan
@@ -636,7 +675,7 @@ def rankme_of(h: torch.Tensor, eps: float = RANKME_EPS) -> float:
     return math.exp(float(-(p * p.log()).sum()))
 
 
-@torch.no_grad()
+@no_grad
 def _anisotropy(history: pd.DataFrame, ctx: RunContext) -> dict[str, float]:
     """anisotropy: anisotropy_of(features) on the first 4096 test rows; anisotropy.<layer>:
     the same for every layer of `layer_outputs`."""
@@ -647,7 +686,7 @@ def _anisotropy(history: pd.DataFrame, ctx: RunContext) -> dict[str, float]:
     return {"anisotropy": anisotropy_of(ctx.model.features(x)), **per_layer}
 
 
-@torch.no_grad()
+@no_grad
 def _rankme(history: pd.DataFrame, ctx: RunContext) -> dict[str, float]:
     """rankme: rankme_of(features) on the first 4096 test rows."""
     if not hasattr(ctx.model, "features"):
@@ -701,16 +740,20 @@ def power_law_alpha(eigenvalues: torch.Tensor | np.ndarray, min_tail: int = ALPH
 
 def stable_rank_of(w: torch.Tensor) -> float:
     """||W||_F^2 / ||W||_2^2 = sum_i s_i^2 / s_1^2: n for an n x n identity, 1 for rank one."""
+    import torch
+
     s2 = torch.linalg.svdvals(w.detach().double()).pow(2)
     return float(s2.sum() / s2[0]) if float(s2[0]) > 0 else math.nan
 
 
-@torch.no_grad()
+@no_grad
 def weight_spectrum_of(model: torch.nn.Module) -> dict[str, float]:
     """weight_alpha.<param> = power_law_alpha of the eigenvalues of W^T W (the squared singular
     values of W; Martin & Mahoney 2021's heavy-tailed self-regularisation: smaller alpha,
     heavier tail, "more trained"); stable_rank.<param> = stable_rank_of(W); the unsuffixed
     columns are the means over the matrices where they are finite."""
+    import torch
+
     out: dict[str, float] = {}
     alphas, ranks = [], []
     for name, w in weight_matrices(model).items():
@@ -746,7 +789,7 @@ def _init_weights(model: torch.nn.Module, data: Dataset) -> dict[str, Any]:
     return {INIT_WEIGHTS + name: w.detach().clone() for name, w in weight_matrices(model).items()}
 
 
-@torch.no_grad()
+@no_grad
 def weight_displacement_of(model: torch.nn.Module, initial: dict[str, torch.Tensor]) -> dict[str, float]:
     """weight_displacement.<param> = ||W - W0||_F / ||W0||_F for each weight matrix;
     weight_displacement = the same over all of them together, sqrt(sum ||W - W0||^2 /
@@ -803,6 +846,8 @@ def fourier_energy(embedding: torch.Tensor) -> torch.Tensor:
     """Energy of the token embedding E (p x d, row t = token t) at each frequency 1..p//2 of
     the DFT over the p tokens, summed over the d dimensions. The mean over tokens (frequency
     0) is removed; frequency f and p - f are one real frequency (their energies add)."""
+    import torch
+
     e = embedding.detach().double()
     p = e.shape[0]
     f = torch.fft.rfft(e - e.mean(0), dim=0).abs().pow(2).sum(1)[1:]
@@ -828,6 +873,8 @@ def fourier_sparsity_of(embedding: torch.Tensor, k: int = FOURIER_TOP_K) -> dict
 
 
 def _token_embedding(model: torch.nn.Module) -> torch.Tensor | None:
+    import torch
+
     embed = getattr(model, "embed", None)
     return embed.weight if isinstance(embed, torch.nn.Embedding) else None
 
@@ -869,6 +916,8 @@ def attention_head_stats(patterns: list[torch.Tensor]) -> tuple[torch.Tensor, to
     positions q >= 1 of the attention row's entropy -sum_k a_qk log a_qk (nats), and of its
     mass on the first position a_q0 (the attention sink, Xiao et al. 2024). Query 0 is left
     out: under a causal mask it can only attend to itself."""
+    import torch
+
     entropy, sink = [], []
     for pattern in patterns:
         a = pattern[:, :, 1:, :].double()
@@ -877,7 +926,7 @@ def attention_head_stats(patterns: list[torch.Tensor]) -> tuple[torch.Tensor, to
     return torch.cat(entropy), torch.cat(sink)
 
 
-@torch.no_grad()
+@no_grad
 def attention_stats_of(model: torch.nn.Module, data: Dataset) -> dict[str, float]:
     """attention_entropy_mean / _min / _max and attention_sink_mean / _max over all heads, on
     the first 256 test sequences; NaN for a model without attention or sequences of one token."""
@@ -944,6 +993,8 @@ def nc1_of(h: torch.Tensor, y: torch.Tensor) -> float:
     classes. Not normalised for sample size: for features independent of the labels it grows
     with the examples per class (about 8 for 800 examples of 31 classes in 128 dimensions, 1.6
     for 200), so compare it at equal N and C (a data_size axis moves it by itself)."""
+    import torch
+
     h, y = _rows(h, limit=len(h)), y.reshape(-1)
     classes, index = torch.unique(y, return_inverse=True)
     c = len(classes)
@@ -958,7 +1009,7 @@ def nc1_of(h: torch.Tensor, y: torch.Tensor) -> float:
     return float(torch.trace(sigma_w @ torch.linalg.pinv(sigma_b, hermitian=True)) / c)
 
 
-@torch.no_grad()
+@no_grad
 def _neural_collapse(history: pd.DataFrame, ctx: RunContext) -> dict[str, float]:
     """nc1: nc1_of(features, labels) on the first 4096 training rows (scored positions only)."""
     if ctx.data.kind != "classification" or not hasattr(ctx.model, "features"):
@@ -989,10 +1040,12 @@ def memorization_bits_of(loss: float, n_classes: int, n_labels: int) -> float:
     return (math.log(n_classes) - loss) * n_labels / math.log(2)
 
 
-@torch.no_grad()
+@no_grad
 def _memorization(history: pd.DataFrame, ctx: RunContext) -> dict[str, float]:
     """memorization_bits on the whole training set (N = scored labels, V = classes) and
     memorization_bits_per_param (Allen-Zhu & Li 2024 measure about 2 bits per parameter)."""
+    from scalesweep.zoo.data import loss_fn_for
+
     if ctx.data.kind != "classification":
         return {"memorization_bits": math.nan, "memorization_bits_per_param": math.nan}
     loss = float(loss_fn_for(ctx.data)(ctx.model(ctx.data.x_train), ctx.data.y_train))

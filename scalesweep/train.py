@@ -27,7 +27,7 @@ optimiser over stacked parameters is one per member (members of other lr or weig
 stacked tensors and groups of their own, `Ensemble`), and the gradient of the summed per-member
 losses is each member's own gradient. Batches of different lengths (full batches of different data
 sizes) are padded to the longest and each member's loss is taken over its own rows only
-(`GroupData`, `zoo.base.masked_loss_fn_for`).
+(`GroupData`, `zoo.data.masked_loss_fn_for`).
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ from torch.func import functional_call, stack_module_state, vmap
 from scalesweep import observables as obs
 from scalesweep.plan import RunConfig, group_by_stack
 from scalesweep.spec import CheckpointSpec, TrainingSpec
-from scalesweep.zoo import FAMILIES, TASKS, Dataset
-from scalesweep.zoo.base import STACKED_LOSSES, loss_fn_for, masked_loss_fn_for
+from scalesweep.zoo import FAMILIES, TASKS
+from scalesweep.zoo.data import STACKED_LOSSES, Dataset, loss_fn_for, masked_loss_fn_for
 
 __all__ = ["build", "loss_fn_for", "n_params", "pick_device", "train_one", "train_runs", "train_to_result"]
 

@@ -9,7 +9,7 @@ import itertools
 import pytest
 
 from scalesweep.errors import UserError
-from scalesweep.plan.compute import n_params_of
+from scalesweep.plan.compute import _n_params_cached, _shape_cached, n_params_of
 from scalesweep.zoo import FAMILIES, TASKS
 from scalesweep.zoo.base import DataShape
 
@@ -53,15 +53,17 @@ def test_closed_form_count_equals_the_built_models_count(family):
 
 
 def test_counting_builds_no_model(monkeypatch):
-    """`n_params_of` (what RunConfig.compute and the IsoFLOP design use) never calls a builder."""
+    """`n_params_of` (what RunConfig.compute and the IsoFLOP design use) never calls a builder,
+    nor a task's generator (the shape is declared)."""
     import dataclasses
 
-    info = FAMILIES["mlp"]
-
     def refuse(*args):
-        raise AssertionError("a model was built to count its parameters")
+        raise AssertionError("a model was built, or data made, to count parameters")
 
-    monkeypatch.setitem(FAMILIES, "mlp", dataclasses.replace(info, build=refuse))
+    monkeypatch.setitem(FAMILIES, "mlp", dataclasses.replace(FAMILIES["mlp"], builder=refuse))
+    monkeypatch.setitem(TASKS, "modular_arithmetic", dataclasses.replace(TASKS["modular_arithmetic"], generator=refuse))
+    _n_params_cached.cache_clear()
+    _shape_cached.cache_clear()
     n = n_params_of("modular_arithmetic", {"p": 7}, "mlp", {"depth": 2, "embed_dim": 4}, "sp", 16)
     expected = 7 * 4 + (2 * 4 * 16 + 16) + (16 * 16 + 16) + (16 * 7 + 7)
     assert n == expected

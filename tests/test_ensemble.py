@@ -12,7 +12,8 @@ from scalesweep.plan import RunConfig
 from scalesweep.spec import TrainingSpec
 from scalesweep.train import train_ensemble, train_one, train_runs
 from scalesweep.zoo import FAMILIES, TASKS
-from scalesweep.zoo.base import Dataset, DataShape, Params, register_family, register_task
+from scalesweep.zoo.base import DataShape, Params, register_family, register_task
+from scalesweep.zoo.data import Dataset
 
 CPU = torch.device("cpu")
 OBSERVABLES = [

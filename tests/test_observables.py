@@ -15,7 +15,8 @@ from scalesweep import observables as obs
 from scalesweep.plan import RunConfig
 from scalesweep.spec import TrainingSpec
 from scalesweep.train import train_to_result
-from scalesweep.zoo.base import IGNORE, cross_entropy
+from scalesweep.zoo.base import IGNORE
+from scalesweep.zoo.data import cross_entropy
 
 ANALYSIS_COLUMNS = [
     "final_train_loss",

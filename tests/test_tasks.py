@@ -9,7 +9,7 @@ import torch
 
 from scalesweep.errors import UserError
 from scalesweep.zoo import TASKS
-from scalesweep.zoo.base import IGNORE
+from scalesweep.zoo.base import IGNORE, load
 from scalesweep.zoo.tasks import teacher
 
 
@@ -25,13 +25,38 @@ def rows(x: torch.Tensor) -> set[tuple]:
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_every_task_documents_itself_and_is_deterministic(name):
     info = TASKS[name]
-    assert info.known_for and info.make.__doc__
+    assert info.known_for and load(info.generator).__doc__
     state = torch.random.get_rng_state()
     a, b, c = make(name, 50, seed=1), make(name, 50, seed=1), make(name, 50, seed=2)
     assert torch.equal(torch.random.get_rng_state(), state), "a task must not move the global RNG"
     assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
     assert not torch.equal(a.x_train, c.x_train)
     assert len(a.x_train) == len(a.y_train) == 50 and len(a.x_test) == len(a.y_test)
+
+
+SHAPE_CASES = [(name, {}) for name in sorted(TASKS)] + [
+    ("modular_arithmetic", {"p": 11, "op": "/"}),
+    ("sparse_parity", {"n_bits": 9, "k": 2, "n_test": 100}),
+    ("teacher_student", {"input_dim": 5, "output_dim": 3}),
+    ("superposition", {"n_features": 7}),
+    ("in_context", {"vocab": 12, "seq_len": 16, "span": 4}),
+]
+
+
+@pytest.mark.parametrize(("name", "params"), SHAPE_CASES)
+def test_the_declared_data_shape_is_the_generated_one(name, params):
+    """Planning reads a task's shape from its parameters (no torch); it must be what its data has."""
+    info = TASKS[name]
+    assert info.shape_of is not None, "every built-in task declares its shape"
+    assert info.shape_of(info.params_model(**params)) == make(name, 8, **params).shape
+
+
+@pytest.mark.parametrize("op", ["+", "-", "*", "/"])
+def test_modular_arithmetic_size_limit_leaves_one_pair_to_test_on(op):
+    limit = TASKS["modular_arithmetic"].max_data_size(TASKS["modular_arithmetic"].params_model(p=7, op=op))
+    assert len(make("modular_arithmetic", limit, p=7, op=op).x_test) == 1
+    with pytest.raises(UserError, match="data_size"):
+        make("modular_arithmetic", limit + 1, p=7, op=op)
 
 
 @pytest.mark.parametrize("op", ["+", "-", "*", "/"])

@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from scalesweep.analysis import series as step_series
 from scalesweep.errors import UserError, did_you_mean
+
+if TYPE_CHECKING:  # pandas is imported where a table is read: checking a spec needs none
+    import pandas as pd
 
 
 def _where(cond, a, b):
@@ -191,6 +194,8 @@ def _names_outside_step_calls(node: ast.AST) -> set[str]:
 
 
 def _column(df: pd.DataFrame, name: str) -> np.ndarray:
+    import pandas as pd
+
     col = df[name]
     if col.dtype == bool:
         return col.to_numpy(dtype=float)

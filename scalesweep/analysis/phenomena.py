@@ -23,16 +23,18 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from scalesweep import safe_yaml
 from scalesweep.analysis import expressions
 from scalesweep.analysis import series as step_series
 from scalesweep.errors import UserError, did_you_mean
+
+if TYPE_CHECKING:  # pandas is imported where a table is read: checking a spec needs none
+    import pandas as pd
 
 OTHER = "other"
 

@@ -35,11 +35,14 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from scalesweep.errors import UserError, did_you_mean
+
+if TYPE_CHECKING:  # pandas is imported where a table is read: checking a spec needs none
+    import pandas as pd
 
 SERIES_ATTR = "step_series"  # runs.attrs key the step series may travel under
 

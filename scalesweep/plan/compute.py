@@ -60,11 +60,16 @@ def _n_params_cached(task: str, task_json: str, family: str, model_json: str, pa
 
 @functools.lru_cache(maxsize=1024)
 def _shape_cached(task: str, task_json: str) -> Any:
-    """The task's DataShape, from a few examples made with its own generator (global RNG untouched)."""
+    """The task's DataShape: from its parameters where the task says how (every built-in does, so
+    planning imports no torch), else from a few examples made with its own generator (global RNG
+    untouched)."""
     from scalesweep.zoo import TASKS
 
     info = TASKS[task]
-    return info.make(info.params_model.model_validate(json.loads(task_json)), PROBE_DATA_SIZE, 0).shape
+    params = info.params_model.model_validate(json.loads(task_json))
+    if info.shape_of is not None:
+        return info.shape_of(params)
+    return info.make(params, PROBE_DATA_SIZE, 0).shape
 
 
 def tokens_per_example(task: str, task_params: dict[str, Any]) -> int:

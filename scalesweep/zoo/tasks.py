@@ -4,22 +4,30 @@ Every task draws its data from its own `torch.Generator` seeded by the run's
 seed (never the global RNG), so the same seed gives the same data in any
 process, alone or in a seed ensemble. `data_size` is the number of training
 examples; the test set never shares an example with the training set.
+
+Each task's parameters, data shape and size limit are declared in `task_params.py`
+(without torch, so that a spec is checked without importing this module).
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field
 
 from scalesweep.errors import UserError
-from scalesweep.zoo.base import IGNORE, Dataset, DataShape, Params, register_task
-
-
-class ModularArithmeticParams(Params):
-    p: int = Field(default=97, ge=2, le=2000, description="the modulus (a prime for ÷)")
-    op: Literal["+", "-", "*", "/"] = "+"
+from scalesweep.zoo.base import IGNORE
+from scalesweep.zoo.data import Dataset
+from scalesweep.zoo.task_params import (
+    InContextParams,
+    ModularArithmeticParams,
+    SparseParityParams,
+    SuperpositionParams,
+    TeacherStudentParams,
+    in_context_shape,
+    modular_arithmetic_shape,
+    sparse_parity_shape,
+    superposition_shape,
+    teacher_student_shape,
+)
 
 
 def _modular_table(p: int, op: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,13 +44,6 @@ def _modular_table(p: int, op: str) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([a, b], dim=1), labels
 
 
-@register_task(
-    "modular_arithmetic",
-    ModularArithmeticParams,
-    known_for="grokking (Power et al. 2022); phases comprehension / grokking / "
-    "memorization / confusion (Liu et al. 2022)",
-    max_data_size=lambda params: len(_modular_table(params.p, params.op)[0]) - 1,  # leave pairs to test on
-)
 def modular_arithmetic(params: ModularArithmeticParams, data_size: int, seed: int) -> Dataset:
     """(a op b) mod p (Power et al. 2022). Knobs: `p`, `op` in + - * /.
 
@@ -57,8 +58,7 @@ def modular_arithmetic(params: ModularArithmeticParams, data_size: int, seed: in
         )
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     train, test = order[:data_size], order[data_size:]
-    shape = DataShape("tokens", output_dim=params.p, vocab=params.p, seq_len=2)
-    return Dataset(x[train], y[train], x[test], y[test], shape, "classification")
+    return Dataset(x[train], y[train], x[test], y[test], modular_arithmetic_shape(params), "classification")
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -66,12 +66,6 @@ def _generator(seed: int) -> torch.Generator:
 
 
 # ---------------------------------------------------------------- sparse parity
-
-
-class SparseParityParams(Params):
-    n_bits: int = Field(default=40, ge=2, le=62, description="input bits n")
-    k: int = Field(default=3, ge=1, le=62, description="hidden bits whose parity is the label")
-    n_test: int = Field(default=1000, ge=1, le=1_000_000, description="test examples")
 
 
 def _distinct_codes(n_bits: int, count: int, generator: torch.Generator) -> torch.Tensor:
@@ -90,12 +84,6 @@ def _distinct_codes(n_bits: int, count: int, generator: torch.Generator) -> torc
     return codes[torch.randperm(len(codes), generator=generator)[:count]]
 
 
-@register_task(
-    "sparse_parity",
-    SparseParityParams,
-    known_for="sudden learning after a long loss plateau, with hidden progress (Barak et al. 2022)",
-    max_data_size=lambda params: 2**params.n_bits - params.n_test,
-)
 def sparse_parity(params: SparseParityParams, data_size: int, seed: int) -> Dataset:
     """(n, k)-sparse parity (Barak et al. 2022, "Hidden Progress in Deep Learning").
 
@@ -117,21 +105,11 @@ def sparse_parity(params: SparseParityParams, data_size: int, seed: int) -> Data
     bits = (codes[:, None] >> torch.arange(params.n_bits)) & 1
     labels = bits[:, hidden].sum(1) % 2
     x = 1.0 - 2.0 * bits.float()  # bit 0 -> +1, bit 1 -> -1
-    shape = DataShape("vectors", output_dim=2, input_dim=params.n_bits)
+    shape = sparse_parity_shape(params)
     return Dataset(x[:data_size], labels[:data_size], x[data_size:], labels[data_size:], shape, "classification")
 
 
 # ---------------------------------------------------------------- teacher-student
-
-
-class TeacherStudentParams(Params):
-    input_dim: int = Field(default=16, ge=1, le=4096)
-    teacher_width: int = Field(default=64, ge=1, le=4096, description="hidden units of the teacher")
-    teacher_depth: int = Field(default=1, ge=1, le=8, description="hidden layers of the teacher")
-    output_dim: int = Field(default=1, ge=1, le=1024)
-    label_noise: float = Field(default=0.0, ge=0, le=100, description="std of Gaussian noise on training labels")
-    teacher_seed: int = Field(default=0, description="the teacher is fixed by this, not by the run seed")
-    n_test: int = Field(default=2000, ge=1, le=1_000_000)
 
 
 def teacher(params: TeacherStudentParams) -> torch.nn.Module:
@@ -159,12 +137,6 @@ def _teacher_layers(params: TeacherStudentParams, g: torch.Generator) -> torch.n
     return torch.nn.Sequential(*layers, readout)
 
 
-@register_task(
-    "teacher_student",
-    TeacherStudentParams,
-    known_for="power-law loss in model and data size; double descent in width near the "
-    "interpolation threshold with label noise (Nakkiran et al. 2019)",
-)
 def teacher_student(params: TeacherStudentParams, data_size: int, seed: int) -> Dataset:
     """Regression on a fixed random teacher MLP (the teacher depends on `teacher_seed` only).
 
@@ -177,18 +149,11 @@ def teacher_student(params: TeacherStudentParams, data_size: int, seed: int) -> 
     with torch.no_grad():
         y = teacher(params)(x)
     noise = params.label_noise * torch.randn(data_size, params.output_dim, generator=g)
-    shape = DataShape("vectors", output_dim=params.output_dim, input_dim=params.input_dim)
+    shape = teacher_student_shape(params)
     return Dataset(x[:data_size], y[:data_size] + noise, x[data_size:], y[data_size:], shape, "regression")
 
 
 # ---------------------------------------------------------------- superposition
-
-
-class SuperpositionParams(Params):
-    n_features: int = Field(default=20, ge=1, le=100_000, description="sparse input features n")
-    sparsity: float = Field(default=0.9, ge=0, lt=1, description="probability that a feature is zero")
-    importance_decay: float = Field(default=0.9, gt=0, le=1, description="importance of feature i is decay^i")
-    n_test: int = Field(default=2000, ge=1, le=1_000_000)
 
 
 def importances(params: SuperpositionParams) -> torch.Tensor:
@@ -202,12 +167,6 @@ def sparse_features(params: SuperpositionParams, count: int, generator: torch.Ge
     return values * present
 
 
-@register_task(
-    "superposition",
-    SuperpositionParams,
-    known_for="superposition: features represented per hidden dimension rise with feature "
-    "sparsity (Elhage et al. 2022, Toy Models of Superposition)",
-)
 def superposition(params: SuperpositionParams, data_size: int, seed: int) -> Dataset:
     """Reconstruct sparse features through a bottleneck (Elhage et al. 2022).
 
@@ -217,19 +176,12 @@ def superposition(params: SuperpositionParams, data_size: int, seed: int) -> Dat
     """
     g = _generator(seed)
     x = sparse_features(params, data_size + params.n_test, g)
-    shape = DataShape("vectors", output_dim=params.n_features, input_dim=params.n_features)
+    shape = superposition_shape(params)
     train, test = x[:data_size], x[data_size:]
     return Dataset(train, train, test, test, shape, "regression", loss_weights=importances(params))
 
 
 # ---------------------------------------------------------------- in-context copying
-
-
-class InContextParams(Params):
-    vocab: int = Field(default=64, ge=4, le=100_000)
-    seq_len: int = Field(default=64, ge=4, le=4096)
-    span: int = Field(default=10, ge=2, le=2048, description="length of the repeated span")
-    n_test: int = Field(default=512, ge=1, le=1_000_000)
 
 
 def repeated_spans(
@@ -255,12 +207,6 @@ def repeated_spans(
     return x, y
 
 
-@register_task(
-    "in_context",
-    InContextParams,
-    known_for="induction heads forming abruptly, with a bump in in-context loss "
-    "(Olsson et al. 2022); needs a transformer with >= 2 layers",
-)
 def in_context(params: InContextParams, data_size: int, seed: int) -> Dataset:
     """Copy a repeated random span in context (Olsson et al. 2022, induction heads).
 
@@ -272,5 +218,5 @@ def in_context(params: InContextParams, data_size: int, seed: int) -> Dataset:
     if 2 * params.span > params.seq_len:
         raise UserError(f"in_context needs 2 * span <= seq_len, got span={params.span}, seq_len={params.seq_len}.")
     x, y = repeated_spans(params, data_size + params.n_test, _generator(seed))
-    shape = DataShape("tokens", output_dim=params.vocab, vocab=params.vocab, seq_len=params.seq_len, per_token=True)
+    shape = in_context_shape(params)
     return Dataset(x[:data_size], y[:data_size], x[data_size:], y[data_size:], shape, "classification")
