@@ -105,7 +105,7 @@ def axis_warnings(spec: SweepSpec, runs: list[RunConfig]) -> list[str]:
     """The design's axes whose verdicts can only be inconclusive: fewer than 3 scale points, or
     less than a 4x span (DESIGN.md, classifier rule 1), said before compute is spent on them.
     An axis held at one value is no axis (nothing is classified along it), so it is not warned of."""
-    from scalesweep.analysis.classify import MIN_POINTS, MIN_SPAN
+    from scalesweep.analysis.axis_rules import MIN_POINTS, MIN_SPAN
 
     axes = ["model_size"] if spec.design.kind == "isoflop" else ["model_size", "data_size"]
     warnings = []

@@ -145,7 +145,7 @@ def test_checking_and_planning_a_spec_import_no_torch_pandas_mlflow_or_ray(workd
     import subprocess
     import sys
 
-    spec = write_spec(workdir, TINY_SPEC)
+    spec = write_spec(workdir, TINY_SPEC.format(name="light", steps=20))
     for command in (["validate", str(spec)], ["plan", str(spec), "--json"]):
         done = subprocess.run(
             [sys.executable, "-c", CHECK_AND_PLAN, *command], cwd=workdir, capture_output=True, text=True, timeout=120

@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from scalesweep.analysis import stats, steps
+from scalesweep.analysis.axis_rules import MIN_POINTS, MIN_SPAN
 from scalesweep.analysis.load import missing_columns
 from scalesweep.analysis.phenomena import Phenomenon, evaluate
 from scalesweep.analysis.slices import slices
@@ -106,8 +107,6 @@ ALPHA_EQUIV = 0.05  # TOST for persistence
 ALPHA_ONSET = 0.05  # broken line against a straight line, for an abrupt onset
 ALPHA_FLAT = 0.05  # the flat arm of an onset is significantly less steep than the rise, at this level
 FLAT_SHARE = 0.25  # ... and its slope is at most this share of the rise's
-MIN_POINTS = 3
-MIN_SPAN = 4.0
 MIN_DF = 2
 
 
