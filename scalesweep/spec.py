@@ -108,9 +108,22 @@ class TrainingSpec(StrictModel):
     )
 
 
+def printable_name(name: str, what: str) -> str:
+    """`name`, refused when blank or holding control characters or line breaks (it is printed
+    in messages, reports and run names; shown escaped in the refusal)."""
+    if not name.isprintable() or not name.strip():
+        raise ValueError(f"{what} must be printable text without control characters or line breaks, got {name!r}")
+    return name
+
+
 class PhenomenonRef(StrictModel):
     name: str
     params: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _printable(cls, name: str) -> str:
+        return printable_name(name, "a phenomenon name")
 
 
 class ResourceRule(StrictModel):
@@ -257,9 +270,15 @@ class SweepSpec(StrictModel):
     @field_validator("name")
     @classmethod
     def _printable(cls, name: str) -> str:
-        if not name.isprintable() or not name.strip():
-            raise ValueError("a sweep name must be printable text without control characters or line breaks")
-        return name
+        return printable_name(name, "a sweep name")
+
+    @field_validator("phenomena")
+    @classmethod
+    def _printable_phenomena(cls, refs: list[str | PhenomenonRef]) -> list[str | PhenomenonRef]:
+        for ref in refs:
+            if isinstance(ref, str):
+                printable_name(ref, "a phenomenon name")
+        return refs
 
     @field_validator("observables")
     @classmethod

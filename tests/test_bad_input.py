@@ -346,6 +346,14 @@ def test_billion_laughs_is_refused_by_the_cli_without_a_traceback(tmp_path):
     assert "anchors and aliases" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("name", ["\n", " ", "\t", "grok\nking", "a\x00b", {"name": "\n"}])
+def test_a_blank_or_control_phenomenon_name_is_one_clear_line(name):
+    """Found by the mutation test: a phenomenon named "\\n" was echoed raw into the message."""
+    data = base_data("tiny")
+    data["phenomena"] = ["generalization_gap", name]
+    assert "phenomenon name must be printable" in refused(dump(data))
+
+
 @pytest.mark.parametrize(
     "text, expected",
     [
