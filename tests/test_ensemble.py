@@ -71,6 +71,18 @@ def assert_same(alone: dict, together: dict, rtol: float = 1e-4) -> None:
         assert ra == pytest.approx(rb, rel=rtol, abs=1e-5, nan_ok=True)
 
 
+def assert_together_equals_alone(runs: list[RunConfig]) -> dict[str, dict]:
+    """Train `runs` as one vectorised model and each alone: every run's rows and summary agree,
+    and each knows the size of the model it was trained in. Returns the together events by run."""
+    alone = by_run(e for c in runs for e in train_one(c, CPU))
+    together = by_run(train_ensemble(runs, CPU))
+    assert set(together) == {c.run_key for c in runs}
+    for config in runs:
+        assert_same(alone[config.run_key], together[config.run_key])
+        assert together[config.run_key]["end"][0]["summary"]["ensemble_size"] == len(runs)
+    return together
+
+
 # A per-token transformer on in-context sequences (10 steps: Adam amplifies rounding differences
 # beyond that), and the toy model of superposition (regression): cases tests/test_groups.py reuses.
 TRANSFORMER = {
@@ -97,12 +109,7 @@ TMS = {"task": "superposition", "task_params": {"n_features": 6, "n_test": 50}, 
 )
 def test_ensemble_equals_each_seed_trained_alone(overrides):
     runs = configs(**overrides)
-    alone = by_run(e for c in runs for e in train_one(c, CPU))
-    together = by_run(train_ensemble(runs, CPU))
-    assert set(together) == {c.run_key for c in runs}
-    for config in runs:
-        assert_same(alone[config.run_key], together[config.run_key])
-        assert together[config.run_key]["end"][0]["summary"]["ensemble_size"] == len(runs)
+    together = assert_together_equals_alone(runs)
     summaries = [together[c.run_key]["end"][0]["summary"]["final_train_loss"] for c in runs]
     assert len(set(summaries)) == len(runs), "seeds differ (own init, own data)"
 

@@ -10,10 +10,10 @@ import torch
 from scalesweep.plan import group_by_ensemble, group_by_stack
 from scalesweep.plan.groups import ACTIVATIONS, PADDING_WASTE, batch_rows
 from scalesweep.spec import TrainingSpec
-from scalesweep.train import train_ensemble, train_one, train_runs
+from scalesweep.train import train_ensemble, train_runs
 from tests.test_checkpoints import EVERY_EVAL, results, until_checkpoint
 from tests.test_checkpoints import assert_same as assert_same_resumed
-from tests.test_ensemble import TMS, TRANSFORMER, assert_same, by_run, configs
+from tests.test_ensemble import TMS, TRANSFORMER, assert_together_equals_alone, configs
 
 CPU = torch.device("cpu")
 
@@ -46,12 +46,7 @@ POINTS = [(0, 60, 1e-2, 0.5), (1, 100, 1e-2, 0.5), (0, 100, 3e-3, 0.5), (2, 150,
 def test_a_group_of_data_sizes_lrs_and_weight_decays_equals_each_run_trained_alone(points, overrides):
     runs = varied(points, **overrides)
     assert len(group_by_stack(runs)) == 1
-    alone = by_run(e for c in runs for e in train_one(c, CPU))
-    together = by_run(train_ensemble(runs, CPU))
-    assert set(together) == {c.run_key for c in runs}
-    for config in runs:
-        assert_same(alone[config.run_key], together[config.run_key])
-        assert together[config.run_key]["end"][0]["summary"]["ensemble_size"] == len(runs)
+    assert_together_equals_alone(runs)
 
 
 @pytest.mark.parametrize("batch_size", [32, 80])
