@@ -30,7 +30,6 @@ Observables that read a model's insides use its optional methods (see
 from __future__ import annotations
 
 import functools
-import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -183,9 +182,10 @@ def _lookup(name: str) -> Observable:
 def _load_user(name: str) -> Observable:
     """Import a user's `module:function` summary. Called only for names the spec lists, so no
     module runs code in a sweep that does not name it."""
-    module_name, _, func_name = name.partition(":")
+    from scalesweep.zoo.base import load
+
     try:
-        func = getattr(importlib.import_module(module_name), func_name)
+        func = load(name)
     except (ImportError, AttributeError, TypeError, ValueError) as err:
         raise UserError(f'cannot load the user observable "{name}" ({err}); give it as module:function.') from None
     if not callable(func):

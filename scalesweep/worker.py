@@ -8,6 +8,7 @@ worker (benchmarks/RESULTS.md).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +21,7 @@ M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
 KEEP_FREED = {M_MMAP_THRESHOLD: 64 << 20, M_TRIM_THRESHOLD: 1 << 30, M_TOP_PAD: 64 << 20}
 
 
+@functools.cache  # once per process: a worker calls it from its warm-up and from every task
 def keep_freed_memory() -> bool:
     """Make glibc's malloc keep the memory a training step frees, for the next step.
 
@@ -74,7 +76,7 @@ def train_task(
     the checkpoint a killed attempt left, to go on from."""
     mark_process_start()
     mark("task_started")
-    keep_freed_memory()  # once per process is enough; again is harmless (a worker may skip the warm-up)
+    keep_freed_memory()  # a worker may not have run the warm-up
     from scalesweep.spec import CheckpointSpec
     from scalesweep.train import train_runs
 

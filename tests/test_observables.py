@@ -376,3 +376,24 @@ def test_the_induction_score_is_logged_at_every_evaluation_and_ends_at_its_summa
     scores = history["induction_score"].to_numpy()
     assert np.isfinite(scores).all() and ((scores >= 0) & (scores <= 1)).all()
     assert scores[-1] == pytest.approx(summary["induction_score"])  # the final model, measured the same way
+
+
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        ("nosuchmodule_xyz:f", "No module named 'nosuchmodule_xyz'"),
+        ("math:nothere", "has no attribute 'nothere'"),
+        ("math:pi", "is not a function"),
+    ],
+)
+def test_a_user_observable_that_does_not_load_is_a_clear_error(name, said):
+    from scalesweep.errors import UserError
+
+    with pytest.raises(UserError, match="module:function") as caught:
+        obs.resolve([name])
+    assert said in str(caught.value) and f'"{name}"' in str(caught.value)
+
+
+def test_a_user_observable_loads_as_a_summary():
+    (observable,) = obs.resolve(["math:sqrt"])
+    assert observable.summary is math.sqrt and observable.step is None
