@@ -447,7 +447,9 @@ def serve_ui(command: list[str], probe: str, url: str) -> int:
         patience = float(raw)
     except ValueError:
         raise UserError(f"SCALESWEEP_UI_TIMEOUT={raw!r} is not a number of seconds (e.g. 120).") from None
-    server = subprocess.Popen(command)
+    from scalesweep.store import server_environment
+
+    server = subprocess.Popen(command, env=server_environment())
     try:
         deadline = time.monotonic() + patience
         while not _http_answers(probe):

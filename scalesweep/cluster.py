@@ -129,6 +129,10 @@ class _LocalStart:
 
 
 _starting: _LocalStart | None = None
+# How `connect` joined this process's Ray: by an address, "local", or None (it did not: the
+# caller's own `ray.init`, which is kept). The address given is what is compared: a GCS may
+# name itself by another of its host's addresses.
+_joined_by: str | None = None
 
 
 def start_local(then: Callable[[], Any] | None = None) -> None:
@@ -158,8 +162,11 @@ def connect(
     Without an address, a start begun by `start_local` is waited for (its error raised here)."""
     if address is None and _starting is not None and threading.current_thread() is not _starting.thread:
         _starting.wait()
+    global _joined_by
     if ray.is_initialized():
-        return
+        if address is None or _joined_by in (None, address):
+            return
+        ray.shutdown()  # an earlier sweep of this process (a notebook's) joined another cluster: leave it
     options: dict[str, Any] = {"log_to_driver": False, "logging_level": "ERROR", "configure_logging": True}
     if address is None:
         recorded = recorded_local_cluster()
@@ -171,9 +178,11 @@ def connect(
             )
             with _lean_local_instance():
                 ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **options)
+            _joined_by = "local"
             return
         with _lean_local_instance():
             ray.init(num_cpus=num_cpus, include_dashboard=False, **options)
+        _joined_by = "local"
         return
     check_reachable(address)
     # Workers on other machines may not have scalesweep installed: ship the package; a
@@ -183,6 +192,7 @@ def connect(
     with _ray_core_output() as core_output:
         try:
             ray.init(address=address, runtime_env=runtime_env, **options)
+            _joined_by = address
             return
         except Exception as err:  # Ray raises several types for a head it cannot join
             failure = err

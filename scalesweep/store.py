@@ -742,6 +742,18 @@ def _number(text: str) -> Any:
 # ---------------------------------------------------------------- the UI
 
 
+# MLflow 3's server also starts a job runner for its GenAI jobs (scorers, trace rollups): seven
+# `huey_consumer` processes beside the web server; 28 s of CPU until the server answers, 7 s
+# without them (2 cores, MLflow 3.x; benchmarks/RESULTS.md). Nothing of scalesweep's is such a job.
+SERVER_ENVIRONMENT = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def server_environment() -> dict[str, str]:
+    """The environment of an MLflow server that scalesweep starts (`SERVER_ENVIRONMENT`); a
+    user's own setting of those variables wins."""
+    return {**SERVER_ENVIRONMENT, **os.environ}
+
+
 def ui_command(uri: str, host: str, port: int) -> list[str]:
     """The `mlflow ui` command line that `scalesweep ui` runs: always with an explicit --host, and
     one server process. MLflow's default is four uvicorn workers under a supervisor that kills a

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -98,6 +99,17 @@ def tiny_spec_text() -> str:
     return TINY_SPEC.format(name="tiny", steps=60)
 
 
+@pytest.fixture(autouse=True)
+def no_background_ray_in_this_process(monkeypatch) -> None:
+    """`run` without an address begins a local Ray instance in the background before it checks
+    the store (`cluster.start_local`, a head start). A process ends with its command; this one
+    does not: a `run` invoked here that refuses bad input would leave a local Ray instance and
+    its thread behind, under the later tests' sweeps (`run_on`, which join the session's
+    cluster). So not in the test processes; a run that goes on joins Ray in `connect`, as it
+    does when the head start failed."""
+    monkeypatch.setattr("scalesweep.cluster.start_local", lambda then=None: None)
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch) -> Path:
     """Run in an empty folder, with no tracking or Ray address from the environment."""
@@ -177,7 +189,9 @@ def start_mlflow_server(folder: Path, port: int) -> subprocess.Popen:
     args = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
     args += ["--backend-store-uri", f"sqlite:///{folder}/m.db", "--artifacts-destination", str(folder / "art")]
     args += ["--workers", "1"]
-    server = spawn(args, folder, folder / f"mlflow-server-{time.time_ns()}.log")
+    from scalesweep.store import SERVER_ENVIRONMENT  # as `scalesweep ui` starts one: no GenAI job runner
+
+    server = spawn(args, folder, folder / f"mlflow-server-{time.time_ns()}.log", clean_env(**SERVER_ENVIRONMENT))
     if not wait_until(lambda: answers(f"http://127.0.0.1:{port}/health") or server.poll() is not None, 120):
         kill_session(server)
         raise RuntimeError(f"mlflow server on port {port} did not answer in 120 s")
@@ -214,6 +228,11 @@ class Cluster:
     dashboard: str  # http://host:port, for the Jobs API
 
 
+# What no test reads, not started on the test cluster's nodes: the log monitor (it forwards
+# workers' output to drivers, which run with log_to_driver=False; ~15 s of CPU over a test run).
+NODE_OPTIONS = ["--include-log-monitor", "false"]
+
+
 def _node_ports() -> list[str]:
     """Every port a node listens on, chosen free: two nodes share this machine (and other engineers' Rays)."""
     names = ["node-manager", "object-manager", "dashboard-agent-listen", "dashboard-agent-grpc", "runtime-env-agent"]
@@ -239,6 +258,15 @@ RUN_FOLDER = "SCALESWEEP_TEST_RUN_FOLDER"  # made by the controller, inherited b
 def pytest_configure(config) -> None:
     if not hasattr(config, "workerinput"):  # the controller (or the only process, without xdist)
         os.environ[RUN_FOLDER] = tempfile.mkdtemp(prefix="scalesweep-tests-")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The slow tests first (stable otherwise): they wait most (on servers, drivers, kills), so
+    they start while the quick ones can still fill the cores beside them. xdist hands out whole
+    modules in this order (`--dist loadscope --no-loadscope-reorder` in pyproject.toml); its
+    default order, most tests first, left the few-test slow modules for last, alone on the
+    machine at the end of the run."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def pytest_unconfigure(config) -> None:
@@ -267,6 +295,13 @@ def ray_cluster() -> Cluster:
     return Cluster(gcs=started["gcs"], dashboard=started["dashboard"])
 
 
+# Idle workers a node keeps (Ray's `num_workers_soft_limit`, by default its CPU count; the
+# others are stopped after a second idle). A worker belongs to one Ray job, and each test process
+# is one job (`run_on`) beside the sweeps' own drivers: with three for the whole cluster, one job's
+# next sweep mostly met new workers, each importing torch again (~3 s of CPU).
+WARM_WORKERS = {"RAY_num_workers_soft_limit": "8"}
+
+
 def _start_cluster() -> dict:
     """Start the head and a worker node, each in its own session; what `_stop_cluster` needs.
 
@@ -277,13 +312,13 @@ def _start_cluster() -> dict:
     RAY_AUTH_MODE=disabled (RAY_ENV)."""
     temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths must fit in 107 chars
     gcs, dashboard = free_port(), free_port()
-    env = clean_env(**RAY_ENV)
+    env = clean_env(**RAY_ENV, **WARM_WORKERS)
     head_args = ["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs)]
     head_args += ["--num-cpus", "2", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1"]
     head_args += ["--dashboard-port", str(dashboard), "--ray-client-server-port", str(free_port())]
-    head_args += ["--temp-dir", str(temp), "--disable-usage-stats", *_node_ports()]
+    head_args += ["--temp-dir", str(temp), "--disable-usage-stats", *NODE_OPTIONS, *_node_ports()]
     worker_args = ["ray", "start", "--block", "--address", f"127.0.0.1:{gcs}", "--num-cpus", "1"]
-    worker_args += ["--node-ip-address", "127.0.0.1", "--disable-usage-stats", *_node_ports()]
+    worker_args += ["--node-ip-address", "127.0.0.1", "--disable-usage-stats", *NODE_OPTIONS, *_node_ports()]
     nodes = [spawn(head_args, temp, temp / "head.log", env)]
     started = {"gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dashboard}", "temp": str(temp)}
     try:
@@ -312,15 +347,62 @@ def _session_pids(sid: int) -> list[int]:
     return [int(pid) for pid, s in zip(listing[::2], listing[1::2], strict=True) if int(s) == sid]
 
 
+def session_commands(sid: int) -> list[str]:
+    """The command lines of the processes of session `sid` (those a `spawn`ed process started)."""
+    commands = []
+    for pid in _session_pids(sid):
+        with contextlib.suppress(OSError):
+            commands.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+    return commands
+
+
 def _signal_session(sid: int, sig: int) -> None:
     for pid in _session_pids(sid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
 
 
-def run_on(cluster: Cluster, spec: Path, *args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """`scalesweep run SPEC ARGS` on the session's shared Ray cluster."""
-    return cli("run", str(spec), "--address", cluster.gcs, *args, cwd=cwd, env=RAY_ENV, timeout=timeout)
+@dataclass
+class Ran:
+    """What a command said and its exit status, as `subprocess.CompletedProcess` has them."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli_here(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Ran:
+    """`scalesweep ARGS` run in this test process (typer's runner), in `cwd`, without a tracking
+    store or Ray address of our own shell: for tests of what a command does, not of its process.
+
+    Why: a `scalesweep` process imports MLflow, Ray and the analysis again (seconds of CPU), and on
+    a cluster it is a new Ray job, whose workers import torch again (~2.4 s each); in this process
+    the imports are paid once, and the Ray job and its warm workers stay from one sweep to the
+    next. An exception that escapes the command is returned as its traceback on stderr with exit
+    status 1, as the process would end, so that "no traceback" checks keep their meaning."""
+    from typer.testing import CliRunner
+
+    from scalesweep.cli import app
+
+    here, environment = Path.cwd(), dict(os.environ)
+    os.chdir(cwd)
+    try:
+        unset = {"MLFLOW_TRACKING_URI": None, "RAY_ADDRESS": None}
+        result = CliRunner().invoke(app, list(args), env={**unset, **(env or {})})
+    finally:  # what the command set (its working dir, environment variables) ends with it, as a process's would
+        os.chdir(here)
+        os.environ.clear()
+        os.environ.update(environment)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        return Ran(1, result.stdout, stderr + "".join(traceback.format_exception(*result.exc_info)))
+    return Ran(result.exit_code, result.stdout, stderr)
+
+
+def run_on(cluster: Cluster, spec: Path, *args: str, cwd: Path, env: dict[str, str] | None = None) -> Ran:
+    """`scalesweep run SPEC ARGS` on the session's shared Ray cluster, in this test process
+    (`cli_here`): the tests' sweeps share one Ray job per test process and its warm workers."""
+    return cli_here("run", str(spec), "--address", cluster.gcs, *args, cwd=cwd, env={**RAY_ENV, **(env or {})})
 
 
 # ---------------------------------------------------------------- small fast sweeps, read back from MLflow

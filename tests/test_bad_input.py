@@ -28,7 +28,7 @@ from scalesweep.errors import UserError
 from scalesweep.plan import plan
 from scalesweep.spec import MAX_RUNS_WITHOUT_CONFIRM, MAX_SIZE, SweepSpec, load_spec, parse_spec
 from scalesweep.zoo import FAMILIES, TASKS
-from tests.conftest import REPO, TINY_SPEC, cli, write_spec
+from tests.conftest import REPO, TINY_SPEC, cli, cli_here, write_spec
 
 BASES = {
     "tiny": TINY_SPEC.format(name="tiny", steps=50),
@@ -437,7 +437,7 @@ def test_run_count_is_the_planned_count(n_widths, n_sizes, seeds, dims, n_values
 
 def test_more_than_10000_runs_needs_yes(tmp_path):
     path = write_spec(tmp_path, sized_spec(MAX_RUNS_WITHOUT_CONFIRM + 1, 1, 1))
-    result = cli("run", str(path), cwd=tmp_path, timeout=300)
+    result = cli_here("run", str(path), cwd=tmp_path)
     assert result.returncode == 2
     assert "10,001 runs" in result.stderr and "pass --yes" in result.stderr
     assert not (tmp_path / "mlflow.db").exists()  # refused before touching the store

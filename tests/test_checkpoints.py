@@ -20,7 +20,7 @@ from scalesweep.ledger import ChildRun, Ledger
 from scalesweep.plan import RunConfig, plan
 from scalesweep.spec import CheckpointSpec, parse_spec
 from scalesweep.train import Checkpointer, train_ensemble, train_one, train_runs
-from tests.conftest import RAY_ENV, cli, fast_spec, fresh_store, kill_session, wait_until, write_spec
+from tests.conftest import RAY_ENV, fast_spec, fresh_store, kill_session, run_on, wait_until, write_spec
 from tests.test_ensemble import configs as ensemble_configs
 from tests.test_faults import assert_complete, start_driver
 
@@ -227,7 +227,7 @@ def test_a_driver_killed_after_a_checkpoint_is_resumed_from_it(workdir, empty_st
     kill_session(driver)
     assert recorded and driver.returncode == -signal.SIGKILL, log.read_text()
 
-    rerun = cli("run", str(spec), *on_cluster, cwd=workdir, env=RAY_ENV, timeout=400)
+    rerun = run_on(ray_cluster, spec, cwd=workdir)
     output = rerun.stdout + rerun.stderr
     assert rerun.returncode == 0, output
     resumed = re.search(r"resumed (\d+) runs from checkpoints", output)

@@ -22,9 +22,10 @@ import pytest
 from tests.conftest import (
     RAY_ENV,
     Cluster,
+    Ran,
     child_runs,
     clean_env,
-    cli,
+    cli_here,
     fast_spec,
     fresh_store,
     kill_session,
@@ -73,7 +74,7 @@ def fill(folder: Path) -> Path:
     return filler
 
 
-def one_paragraph(result: subprocess.CompletedProcess) -> str:
+def one_paragraph(result: Ran) -> str:
     text = result.stdout + result.stderr
     assert "Traceback" not in text, text
     return " ".join(text.split())
@@ -86,21 +87,21 @@ def test_a_read_only_working_directory_is_a_clear_error(small_disk, empty_store,
     pd.DataFrame({"flops": np.geomspace(1, 1e4, 8), "score": np.linspace(0, 1, 8)}).to_csv(table, index=False)
     remount(small_disk, "ro")
 
-    run = cli("run", str(spec), cwd=small_disk, timeout=120)
+    run = cli_here("run", str(spec), cwd=small_disk)
     text = one_paragraph(run)
     assert run.returncode == 2, text
     assert "read-only" in text.lower() and str(small_disk) in text
     assert "--tracking-uri" in text  # what to do
 
-    classify = cli("classify", str(table), "--axis", "flops", "--value", "score", cwd=small_disk, timeout=120)
+    classify = cli_here("classify", str(table), "--axis", "flops", "--value", "score", cwd=small_disk)
     text = one_paragraph(classify)
     assert classify.returncode == 2, text
     assert "read-only" in text.lower() and "--out" in text
 
-    report = cli("report", str(spec), cwd=small_disk, timeout=120)  # nothing to report, said in a paragraph
+    report = cli_here("report", str(spec), cwd=small_disk)  # nothing to report, said in a paragraph
     assert report.returncode == 2, one_paragraph(report)
 
-    status = cli("status", str(spec), cwd=small_disk, timeout=120)  # only reads: it works
+    status = cli_here("status", str(spec), cwd=small_disk)  # only reads: it works
     one_paragraph(status)
     assert status.returncode == 0, status.stdout + status.stderr
 
@@ -165,6 +166,6 @@ def test_a_disk_that_stays_full_stops_the_sweep_clearly_and_a_rerun_completes(sm
     assert "Traceback" not in text and "cannot be written" in text and "run the same command again" in text
     filler.unlink()
     assert set(recorded) <= set(_finished_keys(uri, "stays_full"))  # nothing recorded was lost
-    rerun = run_on(ray_cluster, spec, cwd=small_disk, timeout=600)
+    rerun = run_on(ray_cluster, spec, cwd=small_disk)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert _finished_keys(uri, "stays_full") == sorted(planned_keys(spec))

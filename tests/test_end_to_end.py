@@ -7,7 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from scalesweep.analysis.classify import VERDICT_COLUMNS, VERDICTS
-from tests.conftest import REPO, TINY_SPEC, cli, write_spec
+from tests.conftest import REPO, TINY_SPEC, cli, cli_here, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -50,12 +50,12 @@ def test_tiny_sweep_run_record_report_and_resume(workdir):
     assert [m.step for m in history] == list(range(0, 61, 10))
     assert child.data.metrics["n_params"] > 0
 
-    again = cli("run", str(spec), cwd=workdir)
+    again = cli_here("run", str(spec), cwd=workdir)
     assert again.returncode == 0
     assert "already finished" in again.stderr + again.stdout
     assert len(client.search_runs([experiment.experiment_id], "tags.`scalesweep.role` = 'child'")) == 18
 
-    report = cli("report", str(spec), cwd=workdir)
+    report = cli_here("report", str(spec), cwd=workdir)
     assert report.returncode == 0, report.stdout + report.stderr
     verdicts = pd.read_csv(workdir / "reports" / "tiny" / "verdicts.csv")
     assert list(verdicts.columns[: len(VERDICT_COLUMNS)]) == VERDICT_COLUMNS

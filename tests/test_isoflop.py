@@ -14,7 +14,7 @@ from scalesweep.plan.compute import config_n_params
 from scalesweep.plan.designs import TOLERANCE
 from scalesweep.preview import fit_rate
 from scalesweep.spec import parse_spec
-from tests.conftest import TINY_SPEC, cli, write_spec
+from tests.conftest import TINY_SPEC, cli_here, write_spec
 
 ISOFLOP_SPEC = """
 name: iso
@@ -171,7 +171,7 @@ def test_isoflop_study_reads_only_the_current_runs_of_the_spec(monkeypatch):
 
 def test_plan_previews_runs_and_total_compute_without_creating_a_store(workdir):
     spec_path = write_spec(workdir, ISOFLOP_SPEC)
-    shown = cli("plan", str(spec_path), cwd=workdir)
+    shown = cli_here("plan", str(spec_path), cwd=workdir)
     assert shown.returncode == 0, shown.stderr
     total = sum(run.compute for run in plan(parse_spec(ISOFLOP_SPEC)))
     assert f"60 runs, about {total:.3g} FLOPs in all" in shown.stdout

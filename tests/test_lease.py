@@ -16,7 +16,17 @@ from mlflow.tracking import MlflowClient
 
 from scalesweep import lease, store
 from scalesweep.lease import Lease
-from tests.conftest import RAY_ENV, child_runs, cli, fast_spec, fresh_store, kill_session, wait_until, write_spec
+from tests.conftest import (
+    RAY_ENV,
+    child_runs,
+    cli_here,
+    fast_spec,
+    fresh_store,
+    kill_session,
+    run_on,
+    wait_until,
+    write_spec,
+)
 from tests.test_faults import assert_complete, start_driver
 
 # ---------------------------------------------------------------- the lease itself (pure)
@@ -74,13 +84,13 @@ def test_a_live_lease_of_another_host_refuses_a_second_driver_before_anything_ru
     uri = fresh_store(workdir, empty_store)
     now = time.time()
     _plant(uri, "held", Lease("gpu-box-7", 4242, "theirs", now - 600, now))
-    result = cli("run", str(spec), cwd=workdir, timeout=120)
+    result = cli_here("run", str(spec), cwd=workdir)
     text = " ".join((result.stdout + result.stderr).split())
     assert result.returncode == 2, text
     assert "Traceback" not in text
     assert "already being run by another driver" in text and "gpu-box-7" in text and "PID 4242" in text
     assert child_runs(uri, "held") == []  # nothing ran
-    status = cli("status", str(spec), cwd=workdir, timeout=120)
+    status = cli_here("status", str(spec), cwd=workdir)
     assert "running now: the driver on host gpu-box-7, PID 4242, since" in " ".join(status.stdout.split())
     _, parent = _parent(uri, "held")
     assert parent.data.tags[f"{lease.PREFIX}.token"] == "theirs"  # the holder's lease is left alone
@@ -97,7 +107,7 @@ def test_a_stale_lease_of_another_host_is_taken_over(workdir, empty_store, ray_c
     uri = fresh_store(workdir, empty_store)
     long_ago = time.time() - 10 * lease.TTL_SECONDS
     _plant(uri, "stale", Lease("gpu-box-7", 4242, "theirs", long_ago, long_ago))
-    result = cli("run", str(spec), *_on(ray_cluster), cwd=workdir, env=RAY_ENV)
+    result = run_on(ray_cluster, spec, cwd=workdir)
     assert result.returncode == 0, result.stdout + result.stderr
     assert_complete(uri, "stale", spec, steps=20)
     _, parent = _parent(uri, "stale")
@@ -120,7 +130,7 @@ def test_two_drivers_on_one_sweep_train_each_run_once(workdir, empty_store, ray_
         os.kill(first.pid, signal.SIGSTOP)  # the first driver stays at work, however fast its runs train
         try:
             assert first.poll() is None, first_log.read_text()
-            second = cli("run", str(spec), *_on(ray_cluster), cwd=workdir, env=RAY_ENV, timeout=120)
+            second = run_on(ray_cluster, spec, cwd=workdir)  # in this test process, another PID
         finally:
             os.kill(first.pid, signal.SIGCONT)
         text = " ".join((second.stdout + second.stderr).split())
@@ -164,6 +174,6 @@ def test_a_driver_killed_while_holding_the_lease_does_not_block_the_rerun(workdi
         kill_session(driver, signal.SIGKILL)
     _, parent = _parent(f"sqlite:///{workdir}/mlflow.db", "killed")
     assert Lease.from_tags(parent.data.tags) is not None  # left behind by the kill
-    rerun = cli("run", str(spec), *_on(ray_cluster), cwd=workdir, env=RAY_ENV, timeout=500)
+    rerun = run_on(ray_cluster, spec, cwd=workdir)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert_complete(f"sqlite:///{workdir}/mlflow.db", "killed", spec, steps=300)

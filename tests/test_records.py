@@ -22,7 +22,7 @@ from scalesweep.analysis.phenomena import Phenomenon
 from scalesweep.analysis.report import stable_columns
 from scalesweep.analysis.transformations import TRANSFORMATION_COLUMNS, find_pairs
 from scalesweep.errors import UserError
-from tests.conftest import REPO, TINY_SPEC, cli, fresh_store, write_spec
+from tests.conftest import REPO, TINY_SPEC, cli_here, fresh_store, run_on, write_spec
 
 AXES = ["model_size", "data_size"]
 GROWS = Phenomenon(name="grows", strength="a", presence=0.5, min_effect=0.2)
@@ -171,7 +171,7 @@ def test_classify_a_record_with_overrides(record, tmp_path):
         records.classify_record(record, tmp_path / "p", ["grow"])
     with pytest.raises(UserError, match=r'no axis "width"'):
         records.classify_record(record, tmp_path / "p", [], "width")
-    done = cli("classify", str(record), "--value", "a", "--out", str(tmp_path / "p"), cwd=tmp_path)
+    done = cli_here("classify", str(record), "--value", "a", "--out", str(tmp_path / "p"), cwd=tmp_path)
     assert done.returncode == 2 and "is a phenomenon record: --value describe" in done.stderr
     assert not (tmp_path / "p").exists()
 
@@ -187,11 +187,11 @@ def test_compare_two_records(record, tmp_path):
     assert grows.loc["data_size=30", "effects_overlap"] == 0.0
     same, _ = records.compare_records(record, record)
     assert set(same["agreement"]) == {"agree"} and same["effects_overlap"].dropna().eq(1.0).all()
-    done = cli("compare", str(record), str(other), "--out", "c.html", cwd=tmp_path)
+    done = cli_here("compare", str(record), str(other), "--out", "c.html", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "only in A" in done.stdout and "grows" in done.stdout
     assert "<table>" in (tmp_path / "c.html").read_text(encoding="utf-8")
-    done = cli("compare", str(record), str(other), "--out", "c.csv", cwd=tmp_path)
+    done = cli_here("compare", str(record), str(other), "--out", "c.csv", cwd=tmp_path)
     assert pd.read_csv(tmp_path / "c.csv").shape == frame.shape
     changed = records.build_record(
         tmp_path / "d.zip", synthetic_runs(), [GROWS.model_copy(update={"presence": 2.0}), FLAT], AXES, name="d"
@@ -340,15 +340,14 @@ def test_files_that_are_not_records(tmp_path):
     assert records.is_record(tarball) and records.is_record(text) and not records.is_record(REPO / "README.md")
 
 
-@pytest.mark.slow  # command-line processes that import MLflow
 def test_the_cli_says_one_paragraph_and_exits_2(tmp_path):
     bad = tmp_path / "bad.zip"
     bad.write_text("not a zip", encoding="utf-8")
     for args in (["report", str(bad)], ["classify", str(bad)], ["compare", str(bad), str(bad)]):
         done = (
-            cli(*args, "--out", str(tmp_path / "out"), cwd=tmp_path)
+            cli_here(*args, "--out", str(tmp_path / "out"), cwd=tmp_path)
             if args[0] != "compare"
-            else cli(*args, cwd=tmp_path)
+            else cli_here(*args, cwd=tmp_path)
         )
         assert done.returncode == 2, done.stderr
         assert "is not a usable phenomenon record" in done.stderr and "Traceback" not in done.stderr
@@ -384,13 +383,12 @@ def test_step_series_keep_metrics_logged_at_several_steps():
     assert series["run_key"].tolist() == ["k1"] * 3 + ["k2"] * 3 and "one request per run" in note
 
 
-@pytest.mark.slow  # command-line processes that import MLflow
 def test_export_without_a_store_says_so_and_creates_nothing(workdir, tiny_spec_text):
     spec = write_spec(workdir, tiny_spec_text)
-    done = cli("export", str(spec), cwd=workdir)
+    done = cli_here("export", str(spec), cwd=workdir)
     assert done.returncode == 2 and "there is no MLflow store at" in " ".join(done.stderr.split())
     assert sorted(p.name for p in workdir.iterdir()) == ["spec.yaml"]  # no mlflow.db, no records/
-    done = cli("export", str(spec), "--out", "r.tar.gz", cwd=workdir)
+    done = cli_here("export", str(spec), "--out", "r.tar.gz", cwd=workdir)
     assert done.returncode == 2 and "a phenomenon record is a .zip archive" in done.stderr
 
 
@@ -421,11 +419,12 @@ def test_step_series_are_one_sql_query_per_sweep(tmp_path, empty_store):
 
 
 @pytest.mark.slow
-def test_export_a_real_sweep_and_report_it_from_the_record(workdir):
+def test_export_a_real_sweep_and_report_it_from_the_record(workdir, empty_store, ray_cluster):
     spec = write_spec(workdir, TINY_SPEC.format(name="tiny", steps=60))
-    ran = cli("run", str(spec), cwd=workdir)
+    fresh_store(workdir, empty_store)
+    ran = run_on(ray_cluster, spec, cwd=workdir)
     assert ran.returncode == 0, ran.stdout + ran.stderr
-    done = cli("export", str(spec), "--cite", "Lab X (2026)", cwd=workdir)
+    done = cli_here("export", str(spec), "--cite", "Lab X (2026)", cwd=workdir)
     assert done.returncode == 0, done.stderr
     path = workdir / "records" / "tiny.zip"
     rec = records.read_record(path)
@@ -437,10 +436,10 @@ def test_export_a_real_sweep_and_report_it_from_the_record(workdir):
     assert "final_test_acc" not in set(rec.series["metric"])  # a summary: in the runs table
     assert "name: tiny" in rec.spec_text and [p.name for p in rec.phenomena] == ["grokking", "generalization_gap"]
     assert rec.phenomena[0].params["gap"] == 20
-    reported = cli("report", str(spec), cwd=workdir)
+    reported = cli_here("report", str(spec), cwd=workdir)
     assert reported.returncode == 0, reported.stderr
     theirs = pd.read_csv(workdir / "reports" / "tiny" / "verdicts.csv")
     assert rec.verdicts["verdict"].tolist() == theirs["verdict"].tolist()
-    again = cli("report", str(path), "--out", "from_record", cwd=workdir)
+    again = cli_here("report", str(path), "--out", "from_record", cwd=workdir)
     assert again.returncode == 0, again.stderr
     assert pd.read_csv(workdir / "from_record" / "verdicts.csv")["verdict"].tolist() == theirs["verdict"].tolist()

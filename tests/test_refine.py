@@ -14,7 +14,7 @@ from scalesweep.plan import plan
 from scalesweep.refine import propose, record
 from scalesweep.sidecar import refine_path
 from scalesweep.spec import load_spec
-from tests.conftest import RAY_ENV, TINY_SPEC, cli, fresh_store, run_on, write_spec
+from tests.conftest import RAY_ENV, TINY_SPEC, cli_here, fresh_store, run_on, write_spec
 
 SIZES = [8, 32, 128, 512, 2048]
 TRUE_TRANSITION = 300.0  # regime "small" below, "large" above
@@ -134,20 +134,20 @@ def test_refine_end_to_end_through_the_cli(workdir, empty_store, ray_cluster):
     spec_path = write_spec(workdir, text)
     fresh_store(workdir, empty_store)
     assert run_on(ray_cluster, spec_path, cwd=workdir).returncode == 0
-    dry = cli("refine", str(spec_path), "--budget", "2", "--dry-run", cwd=workdir)
+    dry = cli_here("refine", str(spec_path), "--budget", "2", "--dry-run", cwd=workdir)
     assert dry.returncode == 0 and "seeds" in dry.stdout, dry.stderr
     assert not refine_path(spec_path).exists()  # a dry run records nothing
     address = ("--address", ray_cluster.gcs)
-    done = cli("refine", str(spec_path), "--budget", "2", *address, cwd=workdir, env=RAY_ENV)
+    done = cli_here("refine", str(spec_path), "--budget", "2", *address, cwd=workdir, env=RAY_ENV)
     assert done.returncode == 0 and "2 runs to add" in done.stdout and "report:" in done.stdout, done.stderr
     added = load_spec(spec_path).refinements
     assert [(p.model_size, p.seed) for p in added] == [(8, 2), (16, 2)]  # budget 2 of the 3 points
-    status = cli("status", str(spec_path), cwd=workdir)
+    status = cli_here("status", str(spec_path), cwd=workdir)
     assert " 0 missing" in status.stdout and " 0 failed" in status.stdout  # the added runs ran and finished
-    again = cli("run", str(spec_path), cwd=workdir)  # the original spec: the added runs are neither lost nor redone
+    again = run_on(ray_cluster, spec_path, cwd=workdir)  # the original spec: the added runs are neither lost nor redone
     assert again.returncode == 0 and "all 8 runs" in again.stderr + again.stdout
     # A phenomenon over the runs' step series: refine reads the series back as report does
     write_spec(workdir, "description: the best test accuracy of a run\nstrength: series_max(test_acc)\n", "peak.yaml")
     spec_path.write_text(spec_path.read_text().replace("phenomena: [noise.yaml]", "phenomena: [noise.yaml, peak.yaml]"))
-    stepped = cli("refine", str(spec_path), "--budget", "2", "--dry-run", cwd=workdir)
+    stepped = cli_here("refine", str(spec_path), "--budget", "2", "--dry-run", cwd=workdir)
     assert stepped.returncode == 0, stepped.stdout + stepped.stderr

@@ -23,12 +23,14 @@ from tests.conftest import (
     answers,
     child_runs,
     cli,
+    cli_here,
     fast_spec,
     free_port,
     fresh_store,
     kill_session,
     planned_keys,
     run_on,
+    session_commands,
     spawn,
     start_mlflow_server,
     wait_until,
@@ -49,7 +51,7 @@ def assert_all_finished(uri: str, sweep: str, spec: Path) -> list:
 def test_sweep_by_address_on_a_two_node_cluster(ray_cluster, workdir, empty_store):
     spec = write_spec(workdir, fast_spec("cluster", cpus=1))
     fresh_store(workdir, empty_store)
-    result = cli("run", str(spec), "--address", ray_cluster.gcs, cwd=workdir, env=RAY_ENV, timeout=300)
+    result = run_on(ray_cluster, spec, cwd=workdir)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "8 finished, 0 failed" in result.stdout
     assert_all_finished(f"sqlite:///{workdir}/mlflow.db", "cluster", spec)
@@ -86,12 +88,12 @@ def mlflow_server(tmp_path_factory):
 
 def test_sweep_and_report_over_http_with_artifacts(mlflow_server, workdir, ray_cluster):
     spec = write_spec(workdir, fast_spec("http"))
-    ran = run_on(ray_cluster, spec, "--tracking-uri", mlflow_server, cwd=workdir, timeout=300)
+    ran = run_on(ray_cluster, spec, "--tracking-uri", mlflow_server, cwd=workdir)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert "View run" not in ran.stdout + ran.stderr and "View experiment" not in ran.stdout + ran.stderr
     assert "warning: axis model_size [4, 8] has 2 points" in ran.stderr  # warned, and the sweep went on
     assert "8 finished, 0 failed" in ran.stdout
-    reported = cli("report", str(spec), "--tracking-uri", mlflow_server, cwd=workdir, timeout=300)
+    reported = cli_here("report", str(spec), "--tracking-uri", mlflow_server, cwd=workdir)
     assert reported.returncode == 0, reported.stdout + reported.stderr
 
     client = MlflowClient(mlflow_server)
@@ -116,7 +118,7 @@ def test_an_unreachable_service_is_refused_before_any_run(workdir, option):
     port = free_port()  # nothing listens there
     value = f"http://127.0.0.1:{port}" if option == "--tracking-uri" else f"127.0.0.1:{port}"
     spec = write_spec(workdir, fast_spec("unreachable"))
-    result = cli("run", str(spec), option, value, cwd=workdir, env=RAY_ENV, timeout=60)
+    result = cli_here("run", str(spec), option, value, cwd=workdir, env=RAY_ENV)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     message = result.stderr.strip()
@@ -141,6 +143,9 @@ def test_ui_serves_the_store_on_loopback(workdir):
         # one server process: MLflow's four workers, on a busy machine, were killed by uvicorn's
         # health check in a loop and the UI never answered (CI, 2026-12-01)
         assert text.count("Started server process") == 1, text
+        # nor MLflow's GenAI job runner (seven huey consumers, ~20 s of CPU): scalesweep has no such jobs
+        assert wait_until(lambda: any("uvicorn" in c for c in session_commands(ui.pid)), 10)
+        assert not [c for c in session_commands(ui.pid) if "huey" in c or "_job_runner" in c]
     finally:
         kill_session(ui, signal.SIGTERM)
         if not wait_until(lambda: ui.poll() is not None, 20):

@@ -76,3 +76,34 @@ def test_a_stale_local_record_starts_a_local_instance_instead_of_hanging(stale_r
     assert process.returncode == 0, text[-2000:]
     assert f"names {address}, where nothing answers" in text and "starting a local Ray instance" in text
     assert "cpus " in text and "cpus None" not in text
+
+
+# ---------------------------------------------------------------- a second sweep in one process
+
+
+def test_a_sweep_to_another_cluster_leaves_the_one_joined_before(monkeypatch):
+    """In one process (a notebook), `connect` keeps the Ray it joined for the same address (or
+    the caller's own `ray.init`), and leaves it for another address: before, a second sweep to
+    another cluster silently ran on the first. (Ray itself replaced by a recorder.)"""
+    calls: list[str] = []
+    monkeypatch.setattr(cluster, "check_reachable", lambda address: None)
+    monkeypatch.setattr(cluster.ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(cluster.ray, "shutdown", lambda: calls.append("shutdown"))
+    monkeypatch.setattr(cluster.ray, "init", lambda address=None, **options: calls.append(f"init {address}"))
+
+    monkeypatch.setattr(cluster, "_joined_by", "10.0.0.1:6379")
+    cluster.connect("10.0.0.1:6379")
+    assert calls == []  # the same cluster: kept
+    cluster.connect("10.0.0.2:6379")
+    assert calls == ["shutdown", "init 10.0.0.2:6379"] and cluster._joined_by == "10.0.0.2:6379"
+
+    calls.clear()
+    monkeypatch.setattr(cluster, "_joined_by", "local")
+    cluster.connect("10.0.0.2:6379")
+    assert calls == ["shutdown", "init 10.0.0.2:6379"]  # a local instance, then a cluster
+
+    calls.clear()
+    monkeypatch.setattr(cluster, "_joined_by", None)  # the caller's own ray.init: theirs to keep
+    cluster.connect("10.0.0.2:6379")
+    cluster.connect(None)
+    assert calls == []

@@ -10,8 +10,6 @@ a few steps decide nothing.
 from __future__ import annotations
 
 import math
-import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -22,7 +20,7 @@ from scalesweep.analysis.classify import VERDICT_COLUMNS, VERDICTS
 from scalesweep.errors import UserError
 from scalesweep.plan import plan
 from scalesweep.spec import load_spec, parse_spec
-from tests.conftest import REPO, Cluster, cli, fresh_store, run_on, write_spec
+from tests.conftest import REPO, Cluster, Ran, cli_here, fresh_store, run_on, write_spec
 
 STUDIES = ["coord_check", "grokking_data", "double_descent", "scaling_law", "superposition", "sparse_parity"]
 TINY_STEPS = 12
@@ -84,11 +82,9 @@ def test_cpu_and_gpu_specs_validate_and_study_the_same_thing(name):
         assert len(spec.axes.seed_list) >= 2, "seeds give the classifier its noise"
 
 
-def run_and_report(
-    name: str, folder: Path, store: Path, cluster: Cluster
-) -> tuple[dict, list[subprocess.CompletedProcess]]:
+def run_and_report(name: str, folder: Path, store: Path, cluster: Cluster) -> tuple[dict, list[Ran]]:
     """The tiny study through the real CLI in its own folder: `run` (on the session's Ray
-    cluster), then `report` if the run went well.
+    cluster), then `report` if the run went well, both in this test process (`cli_here`).
 
     The folder starts with a copy of an empty MLflow store (`store`): creating its tables takes a
     CLI call several seconds, once per study otherwise; and a local Ray instance per study would
@@ -99,19 +95,16 @@ def run_and_report(
     path = write_spec(folder, yaml.safe_dump(spec, sort_keys=False), f"{name}.yaml")
     done = [run_on(cluster, path, cwd=folder)]
     if done[0].returncode == 0:
-        done.append(cli("report", str(path), cwd=folder))
+        done.append(cli_here("report", str(path), cwd=folder))
     return spec, done
 
 
 @pytest.fixture(scope="module")
-def tiny_studies(
-    tmp_path_factory, empty_store, ray_cluster
-) -> dict[str, tuple[dict, list[subprocess.CompletedProcess], Path]]:
-    """All six tiny studies, two at a time: most of each one's time is process start-up."""
+def tiny_studies(tmp_path_factory, empty_store, ray_cluster) -> dict[str, tuple[dict, list[Ran], Path]]:
+    """All six tiny studies, one after the other in this process: most of each one's time was
+    process start-up, which one process pays once."""
     root = tmp_path_factory.mktemp("studies")
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(run_and_report, name, root / name, empty_store, ray_cluster) for name in STUDIES}
-    return {name: (*future.result(), root / name) for name, future in futures.items()}
+    return {name: (*run_and_report(name, root / name, empty_store, ray_cluster), root / name) for name in STUDIES}
 
 
 @pytest.mark.slow
