@@ -298,7 +298,8 @@ def ray_cluster() -> Cluster:
 # Idle workers a node keeps (Ray's `num_workers_soft_limit`, by default its CPU count; the
 # others are stopped after a second idle). A worker belongs to one Ray job, and each test process
 # is one job (`run_on`) beside the sweeps' own drivers: with three for the whole cluster, one job's
-# next sweep mostly met new workers, each importing torch again (~3 s of CPU).
+# next sweep mostly met new workers, each importing torch again (~3 s of CPU). With eight: 65
+# worker processes over a test run instead of 109, and the suite 6:49 instead of 10:25 on 2 cores.
 WARM_WORKERS = {"RAY_num_workers_soft_limit": "8"}
 
 
