@@ -94,6 +94,10 @@ def write_spec(folder: Path, text: str, filename: str = "spec.yaml") -> Path:
     return path
 
 
+# The services of the shell the tests run from, which no test inherits: each names its own.
+SHELL_SERVICES = ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")
+
+
 @pytest.fixture
 def tiny_spec_text() -> str:
     return TINY_SPEC.format(name="tiny", steps=60)
@@ -114,14 +118,14 @@ def no_background_ray_in_this_process(monkeypatch) -> None:
 def workdir(tmp_path, monkeypatch) -> Path:
     """Run in an empty folder, with no tracking or Ray address from the environment."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for name in SHELL_SERVICES:
+        monkeypatch.delenv(name, raising=False)
     return tmp_path
 
 
 def cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run `python -m scalesweep ARGS` as a user would, capturing its output."""
-    full_env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    full_env = {k: v for k, v in os.environ.items() if k not in SHELL_SERVICES}
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "scalesweep", *args],
@@ -164,7 +168,7 @@ def answers(url: str) -> bool:
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment for a child process, without a tracking store or Ray address of our own shell."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    env = {k: v for k, v in os.environ.items() if k not in SHELL_SERVICES}
     return {**env, "PYTHONUNBUFFERED": "1", **extra}
 
 
@@ -388,7 +392,7 @@ def cli_here(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Ran:
     here, environment = Path.cwd(), dict(os.environ)
     os.chdir(cwd)
     try:
-        unset = {"MLFLOW_TRACKING_URI": None, "RAY_ADDRESS": None}
+        unset = dict.fromkeys(SHELL_SERVICES)
         result = CliRunner().invoke(app, list(args), env={**unset, **(env or {})})
     finally:  # what the command set (its working dir, environment variables) ends with it, as a process's would
         os.chdir(here)
