@@ -3,8 +3,8 @@
 Before the catalog moved into the package (`scalesweep/phenomena/*.yaml`, package data), a plain
 `pip install .` did not ship it: `validate` said ok and `report` failed with `unknown phenomenon
 "grokking"; valid phenomenons are: .`. This test builds the wheel from a copy of the sources,
-installs it in a fresh venv (reusing this environment's packages through
-`--system-site-packages`: torch, Ray and MLflow are not downloaded again) and runs `validate`,
+installs it in a fresh venv (reusing this environment's packages through a `.pth` file naming
+this interpreter's site-packages: torch, Ray and MLflow are not downloaded again) and runs `validate`,
 a six-run sweep and its report from a project folder with its own `analysis/` phenomenon.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import site
 import subprocess
 import sys
 import zipfile
@@ -57,13 +58,29 @@ def venv(tmp_path_factory) -> Path:
     names = zipfile.ZipFile(wheel).namelist()
     assert "scalesweep/phenomena/grokking.yaml" in names and "scalesweep/phenomena/generalization_gap.yaml" in names
     env = root / "venv"
-    made = sh(sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", env, cwd=root)
+    made = sh(sys.executable, "-m", "venv", "--without-pip", env, cwd=root)
     assert made.returncode == 0, made.stderr
     python = env / "bin" / "python"
+    see_these_packages(python)
     for step in (["torch==2.13.0"], ["--no-deps", "--force-reinstall", wheel]):  # the README's order
         done = sh(*pip, "--python", python, "install", "-q", *step, cwd=root)
         assert done.returncode == 0, done.stderr
     return env
+
+
+def see_these_packages(python: Path) -> None:
+    """Let the venv of `python` import this interpreter's packages, after its own.
+
+    Not `--system-site-packages`: that names the *base* interpreter's site-packages, which is not
+    where the packages are when the tests run in a virtual environment (CI's fresh venv: the base
+    Python has none of them, and the wheel's `scalesweep` failed on `import typer`). A `.pth` line
+    appends a folder to `sys.path` without running that folder's own `.pth` files, so this
+    checkout's editable install stays out, and the wheel is what imports."""
+    code = "import site, sysconfig; print(sysconfig.get_paths()['purelib'])"
+    own = sh(python, "-c", code, cwd=python.parent).stdout.strip()
+    assert own, f"no site-packages for {python}"
+    ours = [p for p in site.getsitepackages() if Path(p).is_dir()]
+    (Path(own) / "scalesweep_tests_parent.pth").write_text("".join(f"{p}\n" for p in ours), encoding="utf-8")
 
 
 def project(tmp_path: Path) -> tuple[Path, dict]:
