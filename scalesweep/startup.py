@@ -2,7 +2,7 @@
 
 Set SCALESWEEP_STARTUP_TRACE to a file and the driver and its workers append one line per
 mark to it ("name unix-seconds pid"); unset (the default), `mark` is one dictionary lookup.
-A worker also marks its first optimiser step (a global post-step hook that removes itself),
+A worker also marks its first optimiser step (a hook of `scalesweep.optim` that removes itself),
 so the benchmark sees the first training step without train.py knowing of it. Stdlib only:
 the driver imports it before anything heavy.
 """
@@ -53,10 +53,10 @@ def mark_first_step() -> None:
     """Mark this worker's first optimiser step (once), when tracing."""
     if not os.environ.get(TRACE_ENV):
         return
-    import torch.optim.optimizer as optim
+    from scalesweep.optim import STEP_HOOKS
 
-    def hook(optimizer, args, kwargs) -> None:
+    def hook(optimizer) -> None:
         mark("first_step")
-        handle.remove()
+        STEP_HOOKS.remove(hook)
 
-    handle = optim.register_optimizer_step_post_hook(hook)
+    STEP_HOOKS.append(hook)

@@ -314,19 +314,42 @@ class Tracker:
 
     def take_lease(self) -> Lease:
         """Take the sweep's lease and keep it alive with a heartbeat thread, or raise
-        `SweepBusy` naming the driver that holds it. Taken before anything is selected to run."""
+        `SweepBusy` naming the driver that holds it. Taken before anything is selected to run.
+        On a sqlite store an OS lock beside the file decides at once (`lease.StoreLock`);
+        elsewhere, write, settle and read back."""
+        path = sqlite_path(self.client.tracking_uri)
+        self._store_lock = lease.StoreLock(path, self.sweep) if path is not None else None
+        locked = self._store_lock.acquire() if self._store_lock is not None else None
+        try:
+            mine = self._claim(locked)
+        except BaseException:
+            self._drop_store_lock()
+            raise
+        self._lease, self._beating = mine, threading.Event()
+        threading.Thread(target=self._beat, args=(self._beating,), name="scalesweep-lease", daemon=True).start()
+        return mine
+
+    def _claim(self, locked: bool | None) -> Lease:
+        """Write this driver's lease, or raise `SweepBusy`. `locked`: the store's OS lock is
+        this driver's (True), another driver's (False), or says nothing (None)."""
         held = Lease.from_tags(self._parent_tags())
+        if locked is False:  # the lease's tags may still be a killed driver's: the lock is the news
+            raise lease.busy(self.sweep, held if held is not None and held.alive() else None, self._store_lock.path)
         if held is not None and held.alive():
             raise lease.busy(self.sweep, held)
         mine = Lease.mine()
         self._call(self.client.log_batch, self.parent_id, tags=_run_tags(mine.tags()))
+        if locked:
+            return mine  # no other driver can be writing: the OS lock is this one's
         time.sleep(lease.SETTLE_SECONDS)  # a driver that started with this one writes now, or has written
         held = Lease.from_tags(self._parent_tags())
         if held is None or held.token != mine.token:
             raise lease.busy(self.sweep, held or mine)
-        self._lease, self._beating = mine, threading.Event()
-        threading.Thread(target=self._beat, args=(self._beating,), name="scalesweep-lease", daemon=True).start()
         return mine
+
+    def _drop_store_lock(self) -> None:
+        if getattr(self, "_store_lock", None) is not None:
+            self._store_lock.release()
 
     def release_lease(self) -> None:
         """Hand the lease back (if it is still this driver's). Never raises: it runs while an
@@ -339,6 +362,7 @@ class Tracker:
             held = Lease.from_tags(self._parent_tags())
             if held is not None and held.token == mine.token:
                 self.client.log_batch(self.parent_id, tags=_run_tags(lease.RELEASED))
+        self._drop_store_lock()  # after the tags: the next driver reads them handed back
 
     def _beat(self, stop: threading.Event) -> None:
         while not stop.wait(lease.HEARTBEAT_SECONDS):

@@ -38,18 +38,21 @@ import math
 import time
 import traceback
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from scalesweep import observables as obs
+from scalesweep.optim import Optimizer
 from scalesweep.plan import RunConfig, group_by_stack
 from scalesweep.spec import CheckpointSpec, TrainingSpec
 from scalesweep.zoo import FAMILIES, TASKS
 from scalesweep.zoo.data import STACKED_LOSSES, Dataset, loss_fn_for, masked_loss_fn_for
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["build", "loss_fn_for", "n_params", "pick_device", "train_one", "train_runs", "train_to_result"]
 
@@ -99,13 +102,10 @@ def param_groups(
     return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
 
 
-def make_optimizer(groups: list[dict[str, Any]], t: TrainingSpec) -> torch.optim.Optimizer:
-    """`t.optimizer` over `groups` (see `param_groups`), fused where the device has a kernel."""
-    kind = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[t.optimizer]
-    try:  # one fused kernel per group: several times faster for small models
-        return kind(groups, lr=t.lr, weight_decay=t.weight_decay, fused=True)
-    except (RuntimeError, ValueError):  # a device or dtype without a fused implementation
-        return kind(groups, lr=t.lr, weight_decay=t.weight_decay)
+def make_optimizer(groups: list[dict[str, Any]], t: TrainingSpec) -> Optimizer:
+    """`t.optimizer` over `groups` (see `param_groups`): torch's kernels, fused where the device
+    has one, without torch.optim's classes (`scalesweep.optim` says why)."""
+    return Optimizer(groups, t.optimizer)
 
 
 def train_runs(
@@ -206,6 +206,8 @@ class Recorder:
         ctx = obs.RunContext(
             self.model, self.data, self.config.training.steps, self.config.training.fit_threshold, self.init_stats
         )
+        import pandas as pd  # here, not at the top: a worker's first step need not wait for it (~0.25 s)
+
         summary: dict[str, float] = {}
         for observable in self.observables:
             if observable.summary is not None:
@@ -278,7 +280,7 @@ class Checkpointer:
         keys: list[str],
         step: int,
         parts: dict[str, Any],
-        optimizer: torch.optim.Optimizer,
+        optimizer: Optimizer,
         generators: list[torch.Generator],
         recorders: list[Recorder],
     ) -> Event:
@@ -650,6 +652,8 @@ def _evaluate_members(recorders: list[Recorder], active: list[int], outputs, ste
 
 def train_to_result(config: RunConfig) -> tuple[pd.DataFrame, dict[str, float]]:
     """Train one run in this process and return (history, summary); raises if it failed."""
+    import pandas as pd
+
     rows: list[dict[str, float]] = []
     for event in train_one(config):
         if event["kind"] == "metrics":

@@ -49,16 +49,18 @@ def warm_up() -> int:
     """A Ray task run once per worker before the sweep's first tasks (`execute.warm_workers`):
     what a task needs on its first step, done while the driver still opens the store and takes
     the lease. Imports torch and the trainer (with pandas and the observables), and runs one
-    AdamW step on a single number (the first optimiser step imports `torch._dynamo`, ~1 s)."""
+    AdamW step on a single number (scalesweep's optimiser: the first step of torch.optim's
+    would import `torch._dynamo`, ~1 s more; see `scalesweep.optim`)."""
     mark_process_start()
     mark("worker_begin")
     keep_freed_memory()
     import torch
 
     import scalesweep.train  # noqa: F401
+    from scalesweep.optim import Optimizer
 
     weight = torch.zeros(1, requires_grad=True)
-    optimizer = torch.optim.AdamW([weight], lr=0.0)
+    optimizer = Optimizer([{"params": [weight], "lr": 0.0, "weight_decay": 0.0}], "adamw")
     weight.sum().backward()
     optimizer.step()
     mark("worker_imported")

@@ -96,6 +96,52 @@ def test_a_live_lease_of_another_host_refuses_a_second_driver_before_anything_ru
     assert parent.data.tags[f"{lease.PREFIX}.token"] == "theirs"  # the holder's lease is left alone
 
 
+def test_a_store_lock_is_one_drivers_until_released(tmp_path):
+    store_file = tmp_path / "mlflow.db"
+    first, second = lease.StoreLock(store_file, "s"), lease.StoreLock(store_file, "s")
+    assert first.acquire() is True
+    assert second.acquire() is False  # flock: refused even within one process
+    assert lease.StoreLock(store_file, "another sweep").acquire() is True
+    assert lease.StoreLock(tmp_path / "other.db", "s").acquire() is True
+    first.release()
+    assert second.acquire() is True
+    (tmp_path / "a file").write_text("")
+    assert lease.StoreLock(tmp_path / "a file" / "mlflow.db", "s").acquire() is None  # no folder: no say
+
+
+def _settles(monkeypatch) -> list[float]:
+    """The settle waits the lease makes from now on (recorded, not slept)."""
+    waits: list[float] = []
+    monkeypatch.setattr(store.time, "sleep", lambda seconds: waits.append(seconds))
+    return waits
+
+
+def test_on_sqlite_the_store_lock_decides_at_once(workdir, empty_store, monkeypatch):
+    uri = fresh_store(workdir, empty_store)
+    first = store.Tracker(MlflowClient(uri), "locked", "scalesweep/locked")
+    second = store.Tracker(MlflowClient(uri), "locked", "scalesweep/locked")
+    waits = _settles(monkeypatch)
+    mine = first.take_lease()
+    try:
+        with pytest.raises(lease.SweepBusy, match=f"PID {os.getpid()}"):
+            second.take_lease()
+    finally:
+        first.release_lease()
+    assert waits == []  # no settle: the OS lock said who was first
+    assert second.take_lease().token != mine.token  # handed back: the next driver takes it
+    second.release_lease()
+
+
+def test_where_no_lock_file_can_be_made_the_settle_decides(workdir, empty_store, monkeypatch):
+    uri = fresh_store(workdir, empty_store)
+    monkeypatch.setattr(lease.StoreLock, "acquire", lambda self: None)
+    tracker = store.Tracker(MlflowClient(uri), "unlocked", "scalesweep/unlocked")
+    waits = _settles(monkeypatch)
+    tracker.take_lease()
+    tracker.release_lease()
+    assert waits == [lease.SETTLE_SECONDS]
+
+
 def _on(cluster) -> tuple[str, ...]:
     """Run on the session's Ray cluster."""
     return ("--address", cluster.gcs)
