@@ -273,6 +273,29 @@ def _ray_core_output() -> Iterator[list[str]]:
             said.append(sink.read(1_000_000).decode("utf-8", "replace"))
 
 
+def slots(cpus: float, gpus: float) -> int:
+    """How many tasks asking for (cpus, gpus) the alive nodes run at once (each node's whole
+    resources, as Ray places them: a task never spans nodes)."""
+    fits = 0
+    for node in ray.nodes():
+        if node.get("Alive"):
+            have = node.get("Resources", {})
+            each = [have.get(name, 0.0) / need for name, need in (("CPU", cpus), ("GPU", gpus)) if need > 0]
+            fits += int(min(each) + 1e-9) if each else 1_000_000
+    return fits
+
+
+def leave_local() -> None:
+    """Stop the local Ray instance this process joined without an address, now rather than at
+    the interpreter's exit, where Ray first sleeps 0.5 s for workers' log lines to reach the
+    driver (`ray.shutdown(_exiting_interpreter=True)`), which runs with `log_to_driver=False`.
+    A cluster joined by address (a notebook's, the tests') stays joined for the next sweep."""
+    global _joined_by
+    if _joined_by == "local" and ray.is_initialized():
+        ray.shutdown()
+        _joined_by = None
+
+
 def check_fits(requests: set[tuple[float, float]]) -> None:
     """Refuse (cpus, gpus) requests that no alive node can ever satisfy."""
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]

@@ -84,7 +84,10 @@ def run(spec: SweepSpec, **options: Any) -> SweepOutcome:
         cluster.start_local(lambda: _warm_workers(spec))
     from scalesweep.execute import run_sweep
 
-    return run_sweep(spec, **options)
+    try:
+        return run_sweep(spec, **options)
+    finally:
+        cluster.leave_local()
 
 
 def _warm_workers(spec: SweepSpec) -> None:
