@@ -7,7 +7,8 @@ ensemble per (width, data size), `plan.group_by_ensemble` (12 groups of 4); (b) 
 width, `plan.group_by_stack` (3 groups of 16: full batches of 100-400 padded to the 512 rows of
 the 800-pair set's minibatches, each member's loss over its own rows). Both alternate which goes
 first over repetitions; prints the median (and least) wall and CPU time of each and the speed-up.
-Usage: python benchmarks/group_speed.py [--reps 3] [--steps 300] [--threads N]
+Usage: python benchmarks/group_speed.py [--reps 3] [--steps 300] [--threads N] [--grid compare|hyper]
+[--waste W] [--activations A]
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from scalesweep.train import train_ensemble
 CPU = torch.device("cpu")
 
 
-def grid(steps: int = 300) -> list[RunConfig]:
-    """compare.py's grid, planned from a spec as `scalesweep run` plans it."""
+def grid(steps: int = 300, kind: str = "compare") -> list[RunConfig]:
+    """compare.py's grid, planned from a spec as `scalesweep run` plans it; `kind` "hyper": its
+    widths on 800 pairs (512-row minibatches, so no padding) x lr 0.003/0.01/0.03 x weight decay
+    0.1/1.0, the runs that group without padding."""
     spec = {
         "name": "group-bench",
         "task": {"name": "modular_arithmetic", "params": {"p": 31, "op": "+"}},
@@ -44,6 +47,9 @@ def grid(steps: int = 300) -> list[RunConfig]:
         },
         "observables": ["loss", "accuracy"],
     }
+    if kind == "hyper":
+        spec["axes"]["data_size"] = [800]
+        spec["grid"] = {"training.lr": [0.003, 0.01, 0.03], "training.weight_decay": [0.1, 1.0]}
     return plan(parse_spec(yaml.safe_dump(spec)))
 
 
@@ -65,11 +71,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--waste", type=float, default=None, help="group_by_stack's padding bound")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--grid", choices=["compare", "hyper"], default="compare")
+    parser.add_argument("--activations", type=int, default=None, help="group_by_stack's activation bound")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    runs = grid(args.steps)
-    stacked = group_by_stack(runs) if args.waste is None else group_by_stack(runs, args.waste)
+    runs = grid(args.steps, args.grid)
+    bounds = {"waste": args.waste, "activations": args.activations}
+    stacked = group_by_stack(runs, **{name: value for name, value in bounds.items() if value is not None})
     ways = {"by seed": group_by_ensemble(runs), "by stack": stacked}
     train_groups([g[:2] for g in ways["by stack"][:1]])  # warm up once
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in ways}
@@ -77,7 +86,7 @@ def main() -> None:
         order = list(ways.items())
         for name, groups in order if rep % 2 == 0 else order[::-1]:
             times[name].append(timed(lambda groups=groups: train_groups(groups)))
-    print(f"{len(runs)} runs x {args.steps} steps (compare.py's grid), {torch.get_num_threads()} threads")
+    print(f"{len(runs)} runs x {args.steps} steps ({args.grid} grid), {torch.get_num_threads()} threads")
     for name, groups in ways.items():
         walls, cpus = [w for w, _ in times[name]], [c for _, c in times[name]]
         print(

@@ -1,7 +1,8 @@
 """Ray: run a sweep's missing runs as tasks, stream their rows to MLflow.
 
-Each seed ensemble (runs that differ only in seed) is one Ray *streaming*
-task: the worker yields events (see `train.py`) and the driver, the single
+Each group of runs that train as one vectorised model (`plan.group_by_stack`:
+a seed ensemble, or several when they differ only in data size, lr or weight
+decay and stacking them pays) is one Ray *streaming* task: the worker yields events (see `train.py`) and the driver, the single
 MLflow writer (a `store.Tracker`, or any writer with its methods), records
 them as they arrive. What to run is the ledger's answer (`ledger.py`): a run
 key already FINISHED is skipped, a RUNNING one left by a killed driver is
@@ -27,7 +28,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from scalesweep import cluster, store
 from scalesweep.errors import first_line
 from scalesweep.ledger import Ledger
-from scalesweep.plan import RunConfig, group_by_ensemble, plan
+from scalesweep.plan import RunConfig, group_by_stack, plan
 from scalesweep.preview import axis_warnings
 from scalesweep.spec import SweepSpec
 from scalesweep.startup import mark
@@ -131,7 +132,7 @@ def warm_workers(spec: SweepSpec, configs: list[RunConfig]) -> int:
     worker holds ~300 MiB and competes for the CPUs), with the first ensembles' resources."""
     if not ray.is_initialized() or not configs:
         return 0
-    groups = group_by_ensemble(configs)
+    groups = group_by_stack(configs)
     cpus, gpus = spec.resources.for_model_size(groups[0][0].model_size)
     n = min(len(groups), spec.resources.max_concurrent or len(groups), cluster.slots(cpus, gpus))
     task = ray.remote(warm_up).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
@@ -219,7 +220,8 @@ def prepare_checkpoints(
     """Per run to do: (the checkpoint it goes on from, or None; its runs that hold one).
 
     A key goes on from the checkpoint of its latest interrupted attempt (`Ledger.resumable`); a
-    seed ensemble only when each of its seeds has one of the same step (else it starts over).
+    group (`group_by_stack`, as the driver forms them) only when each of its runs has one of the
+    same step (else it starts over).
     `--force` starts over. Checkpoints left on keys that have finished since (a driver killed
     between FINISHED and deleting them) are deleted here, unless the spec keeps them."""
     todo_keys = {c.run_key for c in todo}
@@ -229,7 +231,7 @@ def prepare_checkpoints(
                 for child in ledger.with_checkpoints(config.run_key):
                     tracker.delete_checkpoint(child.run_id)
     found: dict[str, tuple[bytes | None, list[str]]] = {}
-    for group in group_by_ensemble(todo):
+    for group in group_by_stack(todo):
         sources = [None if force else ledger.resumable(c.run_key) for c in group]
         same = all(sources) and len({s.checkpoint_step for s in sources}) == 1
         for config, source in zip(group, sources, strict=True):
@@ -274,7 +276,7 @@ class InFlightWindow:
 
 
 class Driver:
-    """The driver loop of one sweep: seed ensembles submitted as streaming Ray tasks (at most
+    """The driver loop of one sweep: groups (`group_by_stack`) submitted as streaming Ray tasks (at most
     `max_concurrent` in flight), their events recorded by the writer as they arrive, and a
     task whose worker died retried up to `max_retries` times, then failed."""
 
@@ -287,7 +289,7 @@ class Driver:
 
     def drive(self, todo: list[RunConfig], resume: dict[str, tuple[bytes | None, list[str]]] | None = None) -> None:
         """Run `todo`; `resume`: per run key, the checkpoint to go on from and the runs holding one."""
-        groups = largest_first(group_by_ensemble(todo))
+        groups = largest_first(group_by_stack(todo))
         cap = self.spec.resources.max_concurrent or len(groups)
         window = InFlightWindow(self.spec)
         self.states = {c.run_key: RunState(c, draw=self.spec.tracking.curves_figure) for c in todo}
@@ -321,7 +323,7 @@ class Driver:
                 raise
 
     def submit(self, group: list[RunConfig]) -> Any:
-        """One streaming Ray task for a seed ensemble, with the resources its width asks for."""
+        """One streaming Ray task for a group of runs, with the resources its width asks for."""
         cpus, gpus = self.spec.resources.for_model_size(group[0].model_size)
         task = ray.remote(train_task).options(num_returns="streaming", num_cpus=cpus, num_gpus=gpus, max_retries=0)
         resume = {c.run_key: self.states[c.run_key].checkpoint for c in group if self.states[c.run_key].checkpoint}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from scalesweep import cluster, execute
-from scalesweep.plan import group_by_ensemble, plan
+from scalesweep.plan import group_by_stack, plan
 from scalesweep.spec import load_spec
 from tests.conftest import RAY_ENV, child_runs, fast_spec, fresh_store, run_on, write_spec
 
@@ -15,7 +15,7 @@ WIDTHS, SIZES = (4, 16, 64), (20, 40)
 
 def _groups(folder, **options):
     spec = load_spec(write_spec(folder, fast_spec("order", widths=WIDTHS, sizes=SIZES, **options)))
-    return spec, group_by_ensemble(plan(spec))
+    return spec, group_by_stack(plan(spec))
 
 
 def _point(group) -> tuple[int, int]:
@@ -80,6 +80,20 @@ def test_a_sweep_starts_its_largest_groups_first(workdir, empty_store, ray_clust
     assert result.returncode == 0, result.stdout + result.stderr
     runs = sorted(child_runs(uri, "order"), key=lambda run: run.info.start_time)
     started = [(int(r.data.tags["scalesweep.model_size"]), int(r.data.tags["scalesweep.data_size"])) for r in runs]
-    expected = [_point(g) for g in execute.largest_first(group_by_ensemble(plan(load_spec(spec_path))))]
+    expected = [_point(g) for g in execute.largest_first(group_by_stack(plan(load_spec(spec_path))))]
     assert len(started) == len(expected) == len(WIDTHS) * len(SIZES)
     assert sorted(started[:2]) == sorted(expected[:2]) and started[2:] == expected[2:], started
+
+
+@pytest.mark.slow
+def test_runs_that_differ_in_lr_train_as_one_task(workdir, empty_store, ray_cluster):
+    """`group_by_stack` in the driver: two learning rates x two seeds need no padding, so the four
+    runs train as one vectorised model (one Ray task), and each says so."""
+    extra = "grid: {training.lr: [0.01, 0.03]}"
+    spec_path = write_spec(workdir, fast_spec("stacked", widths=(4,), sizes=(20,), seeds=2, extra=extra))
+    uri = fresh_store(workdir, empty_store)
+    result = run_on(ray_cluster, spec_path, cwd=workdir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = child_runs(uri, "stacked")
+    assert len(runs) == 4 and {r.data.metrics["ensemble_size"] for r in runs} == {4.0}
+    assert {r.data.params["lr"] for r in runs} == {"0.01", "0.03"}

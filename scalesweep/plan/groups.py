@@ -10,13 +10,14 @@ member against its run trained alone). Whether grouping *pays* is another matter
   ensemble: the gain, largest for small models;
 - members whose batches have fewer rows than the group's largest (full batches of smaller sets)
   are padded to it, and padded rows cost as much as real ones: a seed ensemble joins a group only
-  while at most `PADDING_WASTE` of the padded rows are padding;
+  while at most `PADDING_WASTE` of the padded rows are padding (re-measured 2026-12-07, below);
 - past about half a megabyte per activation (rows x width x members, float32) the elementwise and
   matmul kernels leave the core's cache and a step costs more than its parts (width 128: 8 members
   of 512 rows take 2.4x the time of 4; width 32: one group of 16 members takes 1.19x the time of
   its 4 seed ensembles, two groups of 8 take 0.83x), so a group stays within `ACTIVATIONS`.
 
-Seed ensembles are never split (`group_by_ensemble` is the seeds-only case, what the driver uses).
+Seed ensembles are never split (`group_by_ensemble` is the seeds-only case). The driver hands each
+group to one Ray task (`execute.Driver`), and `train.train_runs` forms the same groups again inside it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ from __future__ import annotations
 from scalesweep.plan.compute import tokens_per_example
 from scalesweep.plan.runconfig import RunConfig, group_by_ensemble
 
-PADDING_WASTE = 0.6  # the largest share of a group's batch rows that may be padding
+# The largest share of a group's batch rows that may be padding. Merging seed ensembles saves
+# their per-step fixed cost, at most ~2 - 10% of a step on this CPU once the MLP family's forward
+# went without vmap (`benchmarks/group_speed.py`, 2026-12-07: groups that need no padding 1.02x,
+# compare.py's grid grouped with up to 60% padding 0.95x), while a padded row costs what a real one
+# does: more than ~10% of padding cannot pay back. (0.6 was measured before `stacked_forward`.)
+PADDING_WASTE = 0.1
 ACTIVATIONS = 2**17  # the most activation elements per layer of a group (512 KiB of float32)
 
 
