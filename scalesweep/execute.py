@@ -2,12 +2,13 @@
 
 Each group of runs that train as one vectorised model (`plan.group_by_stack`:
 a seed ensemble, or several when they differ only in data size, lr or weight
-decay and stacking them pays) is one Ray *streaming* task: the worker yields events (see `train.py`) and the driver, the single
-MLflow writer (a `store.Tracker`, or any writer with its methods), records
-them as they arrive. What to run is the ledger's answer (`ledger.py`): a run
-key already FINISHED is skipped, a RUNNING one left by a killed driver is
-marked KILLED and run again, so a sweep stopped at any moment and started
-again ends with exactly one finished run per grid point.
+decay and stacking them pays) is one Ray *streaming* task: the worker yields
+events (see `train.py`) and the driver, the single MLflow writer (a
+`store.Tracker`, or any writer with its methods), records them as they arrive.
+What to run is the ledger's answer (`ledger.py`): a run key already FINISHED
+is skipped, a RUNNING one left by a killed driver is marked KILLED and run
+again, so a sweep stopped at any moment and started again ends with exactly
+one finished run per grid point.
 """
 
 from __future__ import annotations
