@@ -215,9 +215,11 @@ def checkpoint_tags(db) -> int:
 
 @pytest.mark.slow
 def test_a_driver_killed_after_a_checkpoint_is_resumed_from_it(workdir, empty_store, ray_cluster):
-    # The kill comes as soon as two checkpoints are recorded (polled every 0.2 s), so a thousand steps
-    # leave the runs far from done; both drivers run on the session's Ray cluster.
-    steps = 1000
+    # The kill comes as soon as two checkpoints are recorded (polled every 0.2 s), so four thousand
+    # steps leave the runs far from done (a thousand did not always, once workers stepped without
+    # torch.optim's wrappers: a run could finish between its checkpoint and the kill); both drivers
+    # run on the session's Ray cluster.
+    steps = 4000
     extra = "checkpoint: {after_seconds: 0, every_seconds: 1}"
     spec = write_spec(workdir, fast_spec("ckpt", widths=(4, 8), sizes=(20, 30), steps=steps, cpus=1, extra=extra))
     fresh_store(workdir, empty_store)

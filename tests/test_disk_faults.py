@@ -112,7 +112,7 @@ def _finished_keys(uri: str, sweep: str) -> list[str]:
 
 # Four seed ensembles, three at a time on the session's Ray cluster: when the first run has finished,
 # the others still have hundreds of steps to go, and their writes meet the full disk.
-SLOW_RUNS = dict(widths=(4, 8), sizes=(20, 30), seeds=2, steps=1000, cpus=1.0)
+SLOW_RUNS = dict(widths=(4, 8), sizes=(20, 30), seeds=2, steps=2000, cpus=1.0)
 
 
 def _mid_sweep(
