@@ -40,7 +40,7 @@ PHASES = [
     ("driver imports (execute: mlflow, ray, torch)", "spec_loaded", "driver_imported"),
     ("plan", "driver_imported", "planned"),
     ("store opened (new sqlite)", "store_start", "store_opened"),
-    ("lease taken (sqlite: an OS lock; a server: +1.5 s settle)", "store_opened", "lease_taken"),
+    ("lease taken (OS lock; a server: +1.5 s settle)", "store_opened", "lease_taken"),
     ("ray.init (local instance)", "ray_start", "ray_ready"),
     ("first worker: process start -> its imports begin", "worker_process", "worker_begin"),
     ("first worker: imports (torch, scalesweep.train)", "worker_begin", "worker_imported"),
