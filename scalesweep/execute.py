@@ -253,13 +253,14 @@ def largest_first(groups: list[list[RunConfig]]) -> list[list[RunConfig]]:
 
 
 class InFlightWindow:
-    """How many tasks to keep submitted: as many as the cluster runs at once, plus one waiting.
+    """When to submit the next group: while the cluster has room for it, and then one more, once
+    every task submitted so far has started.
 
     Ray does not start queued tasks in the order they were submitted (seen on Ray 2.60: a sweep's
-    twelve ensembles started in no order related to it), so the driver keeps the queue itself and
-    submits the next group when one finishes; the one extra task starts the moment a worker frees,
-    without waiting for the driver. The cluster's size is read again every `REFRESH_SECONDS`, for
-    nodes that join (an autoscaler) or leave."""
+    twelve ensembles started in no order related to it), so the driver keeps the queue itself.
+    With at most one task waiting in Ray, the next worker to free takes exactly the next group, at
+    once, without waiting for the driver. The cluster's size is read again every
+    `REFRESH_SECONDS`, for nodes that join (an autoscaler) or leave."""
 
     REFRESH_SECONDS = 10.0
 
@@ -267,13 +268,20 @@ class InFlightWindow:
         self.spec = spec
         self.known: dict[tuple[float, float], tuple[float, int]] = {}  # request -> (read at, slots)
 
-    def size(self, group: list[RunConfig]) -> int:
+    def slots(self, group: list[RunConfig]) -> int:
+        """How many tasks of this group's request the cluster runs at once (`cluster.slots`)."""
         request = self.spec.resources.for_model_size(group[0].model_size)
         read_at, fits = self.known.get(request, (-math.inf, 0))
         if time.monotonic() - read_at > self.REFRESH_SECONDS:
             fits = cluster.slots(*request)
             self.known[request] = (time.monotonic(), fits)
-        return fits + 1
+        return fits
+
+    def admits(self, group: list[RunConfig], in_flight: int, waiting: int) -> bool:
+        """Whether to submit `group` now, with `in_flight` tasks submitted of which `waiting` have
+        not started yet."""
+        fits = self.slots(group)
+        return in_flight < fits or (in_flight == fits and waiting == 0)
 
 
 class Driver:
@@ -287,6 +295,7 @@ class Driver:
         self.attempts: dict[int, int] = {}  # per ensemble (its index in the plan): attempts so far
         self.queue: list[tuple[int, list[RunConfig]]] = []
         self.in_flight: dict[Any, tuple[int, list[RunConfig]]] = {}
+        self.waiting: set[Any] = set()  # submitted tasks whose first event has not come yet
 
     def drive(self, todo: list[RunConfig], resume: dict[str, tuple[bytes | None, list[str]]] | None = None) -> None:
         """Run `todo`; `resume`: per run key, the checkpoint to go on from and the runs holding one."""
@@ -301,9 +310,15 @@ class Driver:
             bar = progress.add_task(escape(self.spec.name), total=len(todo), status="")
             try:
                 while self.queue or self.in_flight:
-                    while self.queue and len(self.in_flight) < min(cap, window.size(self.queue[0][1])):
+                    while (
+                        self.queue
+                        and len(self.in_flight) < cap
+                        and window.admits(self.queue[0][1], len(self.in_flight), len(self.waiting))
+                    ):
                         index, group = self.queue.pop(0)
-                        self.in_flight[self.submit(group)] = (index, group)
+                        generator = self.submit(group)
+                        self.in_flight[generator] = (index, group)
+                        self.waiting.add(generator)
                     ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=1.0)
                     for generator in ready:
                         index, group = self.in_flight.pop(generator)
@@ -344,6 +359,7 @@ class Driver:
         Ray failed it) returns the exception, so that its runs can be retried.
         """
         while ray.wait([generator], num_returns=1, timeout=0)[0]:
+            self.waiting.discard(generator)  # it started (or ended): the next group may wait in its place
             try:
                 ref = next(generator)
             except StopIteration:

@@ -71,7 +71,9 @@ def test_tiny_sweep_run_record_report_and_resume(workdir):
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     for named in ["reports/quickstart/report.html", "`mlflow.db`", "`mlartifacts/`", "`report/verdicts.csv`"]:
         assert named in readme, named
+    assert "`.scalesweep-leases/`" in " ".join(readme.split())
     assert (workdir / "reports" / "tiny" / "report.html").is_file() and (workdir / "mlflow.db").is_file()
     assert (workdir / "mlartifacts").is_dir()
+    assert len(list((workdir / ".scalesweep-leases").glob("*.lock"))) == 1  # the sweep's lock file
     assert (workdir / "reports" / "tiny" / "verdicts.csv").is_file()  # "with verdicts.csv beside it"
     assert "spec.yaml" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}

@@ -34,16 +34,20 @@ def test_the_largest_groups_go_first_and_ties_keep_the_plan_order(tmp_path):
     assert [g[0].seed for g in execute.largest_first(twins)] == [twins[0][0].seed, 99]
 
 
-def test_the_window_is_a_cluster_of_tasks_plus_one_and_is_read_again(tmp_path, monkeypatch):
+def test_the_window_fills_the_cluster_then_keeps_one_waiting_and_is_read_again(tmp_path, monkeypatch):
     spec, groups = _groups(tmp_path, cpus=0.5)
     asked: list[tuple[float, float]] = []
     fits = {"slots": 6}
     monkeypatch.setattr(cluster, "slots", lambda cpus, gpus: asked.append((cpus, gpus)) or fits["slots"])
     window = execute.InFlightWindow(spec)
-    assert window.size(groups[0]) == 7 and window.size(groups[1]) == 7
+    assert window.admits(groups[0], in_flight=5, waiting=5)  # room on the cluster: always
+    assert window.admits(groups[0], in_flight=6, waiting=0)  # full, all started: one may wait
+    assert not window.admits(groups[0], in_flight=6, waiting=1)  # one waits already
+    assert not window.admits(groups[1], in_flight=7, waiting=0)
     assert asked == [(0.5, 0.0)]  # read once while fresh
-    window.REFRESH_SECONDS, fits["slots"] = 0.0, 2  # a node left
-    assert window.size(groups[0]) == 3 and len(asked) == 2
+    window.REFRESH_SECONDS, fits["slots"] = 0.0, 0  # every node left: still one at a time, never none
+    assert window.admits(groups[0], in_flight=0, waiting=0) and not window.admits(groups[0], 1, 1)
+    assert len(asked) == 3
 
 
 def test_leaving_stops_only_a_local_instance(monkeypatch):
@@ -72,8 +76,8 @@ def test_slots_count_what_each_node_fits(ray_cluster, monkeypatch):
 
 @pytest.mark.slow
 def test_a_sweep_starts_its_largest_groups_first(workdir, empty_store, ray_cluster):
-    """One group at a time fits (2 CPUs each: the head only), so the window is two: the first two
-    may start in either order, every later one in largest-first order."""
+    """One group at a time fits (2 CPUs each: the head only): each next group is submitted once
+    the one before it started, so they start in largest-first order exactly."""
     spec_path = write_spec(workdir, fast_spec("order", widths=WIDTHS, sizes=SIZES, seeds=1, cpus=2))
     uri = fresh_store(workdir, empty_store)
     result = run_on(ray_cluster, spec_path, cwd=workdir)
@@ -82,7 +86,7 @@ def test_a_sweep_starts_its_largest_groups_first(workdir, empty_store, ray_clust
     started = [(int(r.data.tags["scalesweep.model_size"]), int(r.data.tags["scalesweep.data_size"])) for r in runs]
     expected = [_point(g) for g in execute.largest_first(group_by_stack(plan(load_spec(spec_path))))]
     assert len(started) == len(expected) == len(WIDTHS) * len(SIZES)
-    assert sorted(started[:2]) == sorted(expected[:2]) and started[2:] == expected[2:], started
+    assert started == expected
 
 
 @pytest.mark.slow
