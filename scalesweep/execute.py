@@ -244,8 +244,8 @@ def prepare_checkpoints(
 def largest_first(groups: list[list[RunConfig]]) -> list[list[RunConfig]]:
     """The groups in the order to submit them: most training FLOPs first (ties in plan order).
 
-    Ray starts queued tasks in the order they were submitted. In plan order the widest models on
-    the largest sets come last, and one worker trains the last of them while the others idle. The
+    Groups start in this order (`InFlightWindow`). In plan order the widest models on the largest
+    sets come last, and one worker trains the last of them while the others idle. The
     longest-first rule (Graham 1969, "Bounds on multiprocessing timing anomalies") bounds the wall
     time at 4/3 of the best order's; FLOPs stand in for time (on a CPU small runs cost more per
     FLOP, which only softens the order)."""
