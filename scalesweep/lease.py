@@ -42,6 +42,12 @@ HEARTBEAT_SECONDS = 10.0
 SETTLE_SECONDS = 1.5  # between writing a lease and reading it back
 
 
+def settle() -> None:
+    """The wait between writing a lease and reading it back: a driver that started with this one
+    writes now, or has written (not needed where an OS lock decided, `StoreLock`)."""
+    time.sleep(SETTLE_SECONDS)
+
+
 @dataclass(frozen=True)
 class Lease:
     host: str

@@ -341,7 +341,7 @@ class Tracker:
         self._call(self.client.log_batch, self.parent_id, tags=_run_tags(mine.tags()))
         if locked:
             return mine  # no other driver can be writing: the OS lock is this one's
-        time.sleep(lease.SETTLE_SECONDS)  # a driver that started with this one writes now, or has written
+        lease.settle()
         held = Lease.from_tags(self._parent_tags())
         if held is None or held.token != mine.token:
             raise lease.busy(self.sweep, held or mine)

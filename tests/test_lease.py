@@ -112,7 +112,7 @@ def test_a_store_lock_is_one_drivers_until_released(tmp_path):
 def _settles(monkeypatch) -> list[float]:
     """The settle waits the lease makes from now on (recorded, not slept)."""
     waits: list[float] = []
-    monkeypatch.setattr(store.time, "sleep", lambda seconds: waits.append(seconds))
+    monkeypatch.setattr(lease, "settle", lambda: waits.append(lease.SETTLE_SECONDS))
     return waits
 
 
