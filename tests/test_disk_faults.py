@@ -110,9 +110,11 @@ def _finished_keys(uri: str, sweep: str) -> list[str]:
     return sorted(r.data.tags["scalesweep.run_key"] for r in child_runs(uri, sweep) if r.info.status == "FINISHED")
 
 
-# Four seed ensembles, three at a time on the session's Ray cluster: when the first run has finished,
-# the others still have hundreds of steps to go, and their writes meet the full disk.
-SLOW_RUNS = dict(widths=(4, 8), sizes=(20, 30), seeds=2, steps=2000, cpus=1.0)
+# Four seed ensembles, one at a time on the session's Ray cluster (2 CPUs each: only its head fits
+# one): when the first run has finished, three ensembles are still to train, and their writes meet
+# the full disk. (Three at a time, started largest first, finished together: the sweep could end
+# before the test saw its first finished run.)
+SLOW_RUNS = dict(widths=(4, 8), sizes=(20, 30), seeds=2, steps=3000, cpus=2.0)
 
 
 def _mid_sweep(

@@ -148,14 +148,14 @@ def _train_task_worker(driver: subprocess.Popen) -> int | None:
 
 
 def test_a_killed_worker_is_retried_and_the_sweep_completes(workdir):
-    spec = write_spec(workdir, fast_spec("worker", widths=(8,), sizes=(30,), steps=2000, cpus=1))
+    spec = write_spec(workdir, fast_spec("worker", widths=(8,), sizes=(30,), steps=4000, cpus=1))
     driver, log = start_driver(spec, workdir)
     assert wait_until(lambda: _train_task_worker(driver) or driver.poll() is not None, 180, 0.2)
     worker = _train_task_worker(driver)
     assert driver.poll() is None and worker, "the sweep ended before its worker could be killed"
     subprocess.run(["kill", "-9", str(worker)], check=True)
     assert driver.wait(timeout=400) == 0, log.read_text(encoding="utf-8")
-    runs = assert_complete(f"sqlite:///{workdir}/mlflow.db", "worker", spec, steps=2000)
+    runs = assert_complete(f"sqlite:///{workdir}/mlflow.db", "worker", spec, steps=4000)
     killed = [r for r in runs if r.info.status == "KILLED"]
     assert len(killed) == 2, "both seeds of the ensemble lost their first attempt"
     assert all("worker died" in r.data.tags["scalesweep.abandoned"] for r in killed)

@@ -161,9 +161,10 @@ def test_a_stale_lease_of_another_host_is_taken_over(workdir, empty_store, ray_c
 
 
 # Sweeps of the drivers below run on the session's Ray cluster: the lease is the driver's, not Ray's,
-# and a local Ray per driver would cost seconds of CPU each. A few hundred steps: the tests wait on
-# events (the first driver's "runs to do", a stopped process), not on training being long.
-SHORT = dict(widths=(4, 8), sizes=(20, 30), steps=300, cpus=1)
+# and a local Ray per driver would cost seconds of CPU each. The tests wait on events (the first
+# driver's "runs to do", a stopped process); 2000 steps so that a driver is still at work when the
+# test acts on the event it waited for (at 300 steps a warm worker could finish the sweep first).
+SHORT = dict(widths=(4, 8), sizes=(20, 30), steps=2000, cpus=1)
 
 
 @pytest.mark.slow
@@ -186,7 +187,7 @@ def test_two_drivers_on_one_sweep_train_each_run_once(workdir, empty_store, ray_
     finally:
         kill_session(first)
     assert first.returncode == 0, first_log.read_text()
-    runs = assert_complete(f"sqlite:///{workdir}/mlflow.db", "twice", spec, steps=300)
+    runs = assert_complete(f"sqlite:///{workdir}/mlflow.db", "twice", spec, steps=SHORT["steps"])
     assert len(runs) == len({r.data.tags["scalesweep.run_key"] for r in runs})  # no key trained twice
 
 
@@ -205,7 +206,7 @@ def test_two_drivers_started_together_train_each_run_once(workdir, ray_cluster):
     logs = "\n".join(log.read_text() for _, log in drivers)
     assert codes == [0, 2], logs
     assert "already being run by another driver" in logs
-    runs = assert_complete(f"sqlite:///{workdir}/mlflow.db", "together", spec, steps=300)
+    runs = assert_complete(f"sqlite:///{workdir}/mlflow.db", "together", spec, steps=SHORT["steps"])
     assert len(runs) == len({r.data.tags["scalesweep.run_key"] for r in runs})
 
 
@@ -222,4 +223,4 @@ def test_a_driver_killed_while_holding_the_lease_does_not_block_the_rerun(workdi
     assert Lease.from_tags(parent.data.tags) is not None  # left behind by the kill
     rerun = run_on(ray_cluster, spec, cwd=workdir)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert_complete(f"sqlite:///{workdir}/mlflow.db", "killed", spec, steps=300)
+    assert_complete(f"sqlite:///{workdir}/mlflow.db", "killed", spec, steps=SHORT["steps"])

@@ -63,7 +63,7 @@ def test_mlflow_server_stopped_mid_sweep(workdir, ray_cluster):
     server = start_mlflow_server(workdir, port)
     uri = f"http://127.0.0.1:{port}"
     env = {"SCALESWEEP_TRACKING_PATIENCE": "20", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", **RAY_ENV}
-    spec = write_spec(workdir, fast_spec("outage", steps=2000))
+    spec = write_spec(workdir, fast_spec("outage", steps=3000, cpus=2))
     try:
         address = ("--address", ray_cluster.gcs)
         driver, log = start_driver(spec, workdir, "--tracking-uri", uri, *address, env=env)
@@ -84,7 +84,7 @@ def test_mlflow_server_stopped_mid_sweep(workdir, ray_cluster):
             assert "run the same command again" in output
         rerun = run_on(ray_cluster, spec, "--tracking-uri", uri, cwd=workdir, env=env)
         assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-        assert_complete(uri, "outage", spec, steps=2000)
+        assert_complete(uri, "outage", spec, steps=3000)
     finally:
         kill_session(server)
 
