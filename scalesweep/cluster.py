@@ -277,12 +277,15 @@ def slots(cpus: float, gpus: float) -> int:
     """How many tasks asking for (cpus, gpus) the alive nodes run at once (each node's whole
     resources, as Ray places them: a task never spans nodes)."""
     fits = 0
-    for node in ray.nodes():
-        if node.get("Alive"):
-            have = node.get("Resources", {})
-            each = [have.get(name, 0.0) / need for name, need in (("CPU", cpus), ("GPU", gpus)) if need > 0]
-            fits += int(min(each) + 1e-9) if each else 1_000_000
+    for have in _alive_resources():
+        each = [have.get(name, 0.0) / need for name, need in (("CPU", cpus), ("GPU", gpus)) if need > 0]
+        fits += int(min(each) + 1e-9) if each else 1_000_000
     return fits
+
+
+def _alive_resources() -> list[dict[str, float]]:
+    """Each alive node's total resources ({"CPU": 2.0, "GPU": 1.0, ...})."""
+    return [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
 
 
 def leave_local() -> None:
@@ -298,7 +301,7 @@ def leave_local() -> None:
 
 def check_fits(requests: set[tuple[float, float]]) -> None:
     """Refuse (cpus, gpus) requests that no alive node can ever satisfy."""
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    nodes = _alive_resources()
     for cpus, gpus in sorted(requests):
         if not any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes):
             have = ", ".join(f"{n.get('CPU', 0):g} CPUs/{n.get('GPU', 0):g} GPUs" for n in nodes) or "no alive nodes"

@@ -295,7 +295,6 @@ class Driver:
         self.attempts: dict[int, int] = {}  # per ensemble (its index in the plan): attempts so far
         self.queue: list[tuple[int, list[RunConfig]]] = []
         self.in_flight: dict[Any, tuple[int, list[RunConfig]]] = {}
-        self.waiting: set[Any] = set()  # submitted tasks whose first event has not come yet
 
     def drive(self, todo: list[RunConfig], resume: dict[str, tuple[bytes | None, list[str]]] | None = None) -> None:
         """Run `todo`; `resume`: per run key, the checkpoint to go on from and the runs holding one."""
@@ -313,12 +312,10 @@ class Driver:
                     while (
                         self.queue
                         and len(self.in_flight) < cap
-                        and window.admits(self.queue[0][1], len(self.in_flight), len(self.waiting))
+                        and window.admits(self.queue[0][1], len(self.in_flight), self.waiting())
                     ):
                         index, group = self.queue.pop(0)
-                        generator = self.submit(group)
-                        self.in_flight[generator] = (index, group)
-                        self.waiting.add(generator)
+                        self.in_flight[self.submit(group)] = (index, group)
                     ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=1.0)
                     for generator in ready:
                         index, group = self.in_flight.pop(generator)
@@ -337,6 +334,12 @@ class Driver:
                 self.cancel()
                 self.abandon_running("the sweep was interrupted (Ctrl-C)")
                 raise
+
+    def waiting(self) -> int:
+        """Submitted groups that have not started: none of their runs has a record yet (a task's
+        first events are its runs' `started`)."""
+        groups = [group for _, group in self.in_flight.values()]
+        return sum(1 for group in groups if all(self.states[c.run_key].run_id is None for c in group))
 
     def submit(self, group: list[RunConfig]) -> Any:
         """One streaming Ray task for a group of runs, with the resources its width asks for."""
@@ -359,7 +362,6 @@ class Driver:
         Ray failed it) returns the exception, so that its runs can be retried.
         """
         while ray.wait([generator], num_returns=1, timeout=0)[0]:
-            self.waiting.discard(generator)  # it started (or ended): the next group may wait in its place
             try:
                 ref = next(generator)
             except StopIteration:

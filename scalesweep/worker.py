@@ -48,9 +48,9 @@ def keep_freed_memory() -> bool:
 def warm_up() -> int:
     """A Ray task run once per worker before the sweep's first tasks (`execute.warm_workers`):
     what a task needs on its first step, done while the driver still opens the store and takes
-    the lease. Imports torch and the trainer (with pandas and the observables), and runs one
-    AdamW step on a single number (scalesweep's optimiser: the first step of torch.optim's
-    would import `torch._dynamo`, ~1 s more; see `scalesweep.optim`)."""
+    the lease. Imports torch and the trainer (with the observables; pandas waits for a run's
+    summary), and runs one AdamW step on a single number, the fused kernel's first call
+    (scalesweep's optimiser: torch.optim's would import `torch._dynamo`, ~1 s more)."""
     mark_process_start()
     mark("worker_begin")
     keep_freed_memory()
