@@ -208,10 +208,11 @@ class Recorder:
         )
         import pandas as pd  # here, not at the top: a worker's first step need not wait for it (~0.25 s)
 
+        history = pd.DataFrame(self.history)
         summary: dict[str, float] = {}
         for observable in self.observables:
             if observable.summary is not None:
-                summary.update({k: float(v) for k, v in observable.summary(pd.DataFrame(self.history), ctx).items()})
+                summary.update({k: float(v) for k, v in observable.summary(history, ctx).items()})
         summary.update(
             n_params=float(n_params(self.model)),
             diverged=float(self.diverged),
@@ -241,6 +242,7 @@ def _train(
         start = _restore(saved, optimizer, [generator], [recorder])
         yield from recorder.resumed(start)
     saver = Checkpointer(checkpoint, resumed=saved is not None)
+    minibatches = Minibatches(len(data.x_train), generator, t)
     grad_norm = math.nan
     for step in range(start, t.steps + 1):
         if _is_eval_step(step, t) and not (saved and step == start):  # a resumed run has that row
@@ -254,7 +256,7 @@ def _train(
         if t.fail_at_step is not None and step == t.fail_at_step:
             raise InjectedFailure(f"injected failure at step {step} (training.fail_at_step)")
         want_norm = _is_eval_step(step + 1, t)
-        grad_norm = _train_step(model, data, recorder.loss_fn, optimizer, t.batch_size, generator, want_norm)
+        grad_norm = _train_step(model, data, recorder.loss_fn, optimizer, minibatches.at(step), want_norm)
     yield from recorder.finish()
 
 
@@ -337,19 +339,58 @@ def _restore(saved: dict[str, Any], optimizer, generators: list[torch.Generator]
     return int(saved["step"])
 
 
-def _minibatch_index(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> torch.Tensor | None:
-    """Indices of a minibatch drawn with replacement, or None for the whole set."""
+class BlockDraws:
+    """Random draws a training loop needs at every step, made a block of steps at a time: every
+    step from one evaluation step up to the next in one call (one `torch.randint` for a block
+    instead of one a step: a step of a small model is mostly such per-call costs). A block never
+    spans an evaluation step, the only step a checkpoint is taken at, so a checkpoint's generator
+    states are where the next step's draws begin, and a resumed run draws what it would have."""
+
+    def __init__(self, t: TrainingSpec):
+        self.t, self.first, self.end = t, 0, 0
+
+    def offset(self, step: int) -> int:
+        """`step`'s row in the current block, drawing the next block when `step` is past it."""
+        if not self.first <= step < self.end:
+            self.first = step
+            self.end = min((step // self.t.eval_every + 1) * self.t.eval_every, self.t.steps)
+            self.draw(self.end - step)
+        return step - self.first
+
+    def draw(self, steps: int) -> None:
+        raise NotImplementedError
+
+
+def draw_minibatches(n: int, batch_size: int, steps: int, generator: torch.Generator) -> torch.Tensor | None:
+    """The rows of `steps` consecutive minibatches, (steps, batch_size), drawn with replacement
+    from n in one call; None when the whole set fits in one batch. On the CPU one call gives the
+    same numbers as one call per minibatch and leaves the generator where those would
+    (tests/test_ensemble.py: neither do a run's losses on how its draws are blocked)."""
     if batch_size >= n:
         return None
-    return torch.randint(n, (batch_size,), generator=generator, device=device)
+    return torch.randint(n, (steps, batch_size), generator=generator, device=generator.device)
 
 
-def _train_step(model, data: Dataset, loss_fn, optimizer, batch_size: int, generator, want_grad_norm: bool) -> float:
-    """One optimiser step on a minibatch (the whole set when it fits in one batch).
+class Minibatches(BlockDraws):
+    """One run's minibatch rows, step by step (None: its whole training set)."""
+
+    def __init__(self, n: int, generator: torch.Generator, t: TrainingSpec):
+        super().__init__(t)
+        self.n, self.generator, self.block = n, generator, None
+
+    def draw(self, steps: int) -> None:
+        self.block = draw_minibatches(self.n, self.t.batch_size, steps, self.generator)
+
+    def at(self, step: int) -> torch.Tensor | None:
+        row = self.offset(step)
+        return None if self.block is None else self.block[row]
+
+
+def _train_step(model, data: Dataset, loss_fn, optimizer, idx: torch.Tensor | None, want_grad_norm: bool) -> float:
+    """One optimiser step on the minibatch `idx` (None: the whole training set).
 
     The gradient norm is only read (a host sync) just before an evaluation.
     """
-    idx = _minibatch_index(len(data.x_train), batch_size, generator, data.x_train.device)
     x, y = (data.x_train, data.y_train) if idx is None else (data.x_train[idx], data.y_train[idx])
     optimizer.zero_grad(set_to_none=True)
     loss = loss_fn(model(x), y)
@@ -478,35 +519,51 @@ def _padded(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([torch.cat([t, t[:1].expand(n - len(t), *t.shape[1:])]) for t in tensors])
 
 
-class GroupData:
+class GroupData(BlockDraws):
     """The members' data stacked, each split padded to the longest, and each step's batches:
-    member s draws from its own set with its own generator, as it would alone."""
+    member s draws from its own set with its own generator, as it would alone (a block of steps at
+    a time, as `Minibatches`, stacked and offset into the flattened sets once per block)."""
 
-    def __init__(self, datas: list[Dataset], batch_size: int, device: torch.device):
+    def __init__(self, datas: list[Dataset], generators: list[torch.Generator], t: TrainingSpec):
+        super().__init__(t)
+        device = datas[0].x_train.device
         self.x_train, self.y_train = _padded([d.x_train for d in datas]), _padded([d.y_train for d in datas])
         self.x_eval = _padded([torch.cat([d.x_train, d.x_test]) for d in datas])
         self.n_train, self.n_test = [len(d.x_train) for d in datas], [len(d.x_test) for d in datas]
-        self.batch_size, self.device = batch_size, device
-        counts = [min(batch_size, n) for n in self.n_train]
+        self.generators = generators
+        counts = [min(t.batch_size, n) for n in self.n_train]
         self.width = max(counts)
-        self.same = len(set(self.n_train)) == 1  # no padding: every member's batch is its own
         rows = torch.arange(self.width, device=device)
         self.rows = None if len(set(counts)) == 1 else (rows < torch.tensor(counts, device=device)[:, None]).float()
         self.offsets = torch.arange(len(datas), device=device)[:, None] * self.x_train.shape[1]
         self.wholes = [self._pad(torch.arange(n, device=device)) for n in self.n_train]  # full-batch rows
+        self.flat: torch.Tensor | None = None  # (steps, members x width): the block's rows into x_train
 
     def _pad(self, idx: torch.Tensor) -> torch.Tensor:
-        return torch.cat([idx, idx.new_zeros(self.width - len(idx))]) if len(idx) < self.width else idx
+        """Rows (..., k) padded with row 0 to the batch width (a set larger than a batch: as it is,
+        never used whole)."""
+        short = self.width - idx.shape[-1]
+        return torch.cat([idx, idx.new_zeros(idx.shape[:-1] + (short,))], -1) if short > 0 else idx
 
-    def batch(self, generators: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(x, y, rows): each member's minibatch (its whole set when it fits in one batch), padded;
-        `rows` marks each member's own rows (None: all are)."""
-        pairs = zip(self.n_train, generators, strict=True)
-        idx = [_minibatch_index(n, self.batch_size, g, self.device) for n, g in pairs]
-        if self.same and idx[0] is None:
+    def draw(self, steps: int) -> None:
+        pairs = zip(self.n_train, self.generators, strict=True)
+        blocks = [draw_minibatches(n, self.t.batch_size, steps, g) for n, g in pairs]
+        if len(set(self.n_train)) == 1 and blocks[0] is None:  # every member's whole set, unpadded
+            self.flat = None
+            return
+        padded = [
+            whole.expand(steps, -1) if block is None else self._pad(block)
+            for block, whole in zip(blocks, self.wholes, strict=True)
+        ]
+        self.flat = (torch.stack(padded, 1) + self.offsets).flatten(1)
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(x, y, rows) of `step`: each member's minibatch (its whole set when it fits in one
+        batch), padded; `rows` marks each member's own rows (None: all are)."""
+        row = self.offset(step)
+        if self.flat is None:
             return self.x_train, self.y_train, None
-        padded = [whole if i is None else self._pad(i) for i, whole in zip(idx, self.wholes, strict=True)]
-        flat = (torch.stack(padded) + self.offsets).view(-1)
+        flat = self.flat[row]
         x = self.x_train.flatten(0, 1).index_select(0, flat).view(-1, self.width, *self.x_train.shape[2:])
         y = self.y_train.flatten(0, 1).index_select(0, flat).view(-1, self.width, *self.y_train.shape[2:])
         return x, y, self.rows
@@ -600,10 +657,10 @@ def _train_ensemble(
     states = saved["recorders"] if saved else [None] * len(configs)
     recorders = [Recorder(c, m, d, started, s) for c, (m, d), s in zip(configs, built, states, strict=True)]
     ensemble = Ensemble(models, [hyperparameters(c) for c in configs])
-    data = GroupData(datas, t.batch_size, device)
+    generators = [torch.Generator(device=device).manual_seed(c.seed) for c in configs]
+    data = GroupData(datas, generators, t)
     loss_fn = recorders[0].loss_fn if data.rows is None else masked_loss_fn_for(datas[0])
     optimizer = make_optimizer(member_groups(ensemble, configs), t)
-    generators = [torch.Generator(device=device).manual_seed(c.seed) for c in configs]
     start = 0
     if saved:
         with torch.no_grad():  # in place: each member's module holds views of these tensors
@@ -630,7 +687,7 @@ def _train_ensemble(
             break
         if t.fail_at_step is not None and step == t.fail_at_step:
             raise InjectedFailure(f"injected failure at step {step} (training.fail_at_step)")
-        x, y, rows = data.batch(generators)
+        x, y, rows = data.batch(step)
         optimizer.zero_grad(set_to_none=True)
         ensemble.losses(loss_fn, x, y, rows).sum().backward()
         if _is_eval_step(step + 1, t):

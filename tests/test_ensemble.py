@@ -10,7 +10,7 @@ from torch import nn
 
 from scalesweep.plan import RunConfig
 from scalesweep.spec import TrainingSpec
-from scalesweep.train import train_ensemble, train_one, train_runs
+from scalesweep.train import draw_minibatches, train_ensemble, train_one, train_runs
 from scalesweep.zoo import FAMILIES, TASKS
 from scalesweep.zoo.base import DataShape, Params, register_family, register_task
 from scalesweep.zoo.data import Dataset
@@ -196,3 +196,27 @@ def test_train_runs_groups_mixed_runs_by_ensemble():
     ends = [e for e in events if e["kind"] != "metrics"]
     assert sorted(e["run_key"] for e in ends) == sorted(c.run_key for c in runs)
     assert all(e["kind"] == "summary" for e in ends)
+
+
+def test_a_block_of_minibatches_is_the_draws_one_step_at_a_time():
+    """Training draws each evaluation interval's minibatches in one call (`train.BlockDraws`); on
+    the CPU that call must give the numbers, and leave the generator where, one call a step would."""
+    for n, batch, steps in [(1000, 256, 100), (800, 512, 7), (70_000, 128, 33)]:
+        one_by_one, block = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+        expected = torch.stack([torch.randint(n, (batch,), generator=one_by_one) for _ in range(steps)])
+        assert torch.equal(draw_minibatches(n, batch, steps, block), expected)
+        assert torch.equal(block.get_state(), one_by_one.get_state())
+    assert draw_minibatches(100, 128, 5, torch.Generator()) is None  # the whole set fits in one batch
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["alone", "ensemble"])
+def test_a_runs_training_does_not_depend_on_its_evaluation_interval(together):
+    """Blocks of draws end at evaluation steps; the minibatches, hence the trained model, must not
+    depend on where those are: the final losses agree exactly for three evaluation intervals."""
+    finals = []
+    for eval_every in (7, 10, 60):
+        runs = configs(training={"steps": 60, "eval_every": eval_every})
+        events = train_ensemble(runs, CPU) if together else (e for c in runs for e in train_one(c, CPU))
+        rows = by_run(events)
+        finals.append([rows[c.run_key]["rows"][-1]["train_loss"] for c in runs])
+    assert finals[0] == finals[1] == finals[2]

@@ -25,6 +25,7 @@ Each family's parameters, checks and closed-form parameter count are declared in
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -49,6 +50,13 @@ def mup_multipliers(model: nn.Module, hidden: set[str], width_mult: float, optim
     if optimizer == "sgd":
         return {name: width_mult for name in names if name not in hidden}
     return {name: 1.0 / width_mult for name in names if name in hidden}
+
+
+@functools.lru_cache(maxsize=64)
+def _table_offsets(members: int, rows: int, dims: int, device: torch.device) -> torch.Tensor:
+    """Where each member's table starts in S stacked tables flattened, (S, 1, ...) with `dims`
+    dimensions: made once, not at every step (a step of a small stacked model is mostly such calls)."""
+    return (torch.arange(members, device=device) * rows).view(-1, *[1] * (dims - 1))
 
 
 class MupReadout:
@@ -118,7 +126,7 @@ class MLP(MupReadout, nn.Module):
         h = x
         if self.embed is not None:
             table = params["embed.weight"]  # (S, vocab, embed_dim)
-            offsets = torch.arange(len(table), device=x.device).view(-1, *[1] * (x.dim() - 1)) * table.shape[1]
+            offsets = _table_offsets(len(table), table.shape[1], x.dim(), x.device)
             h = table.flatten(0, 1).index_select(0, (x + offsets).flatten()).view(*x.shape[:2], -1)
         for i in range(0, len(self.hidden), 2):
             weight, bias = params[f"hidden.{i}.weight"], params[f"hidden.{i}.bias"]
