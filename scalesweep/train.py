@@ -49,7 +49,7 @@ from scalesweep.optim import Optimizer
 from scalesweep.plan import RunConfig, group_by_stack
 from scalesweep.spec import CheckpointSpec, TrainingSpec
 from scalesweep.zoo import FAMILIES, TASKS
-from scalesweep.zoo.data import STACKED_LOSSES, Dataset, loss_fn_for, masked_loss_fn_for
+from scalesweep.zoo.data import Dataset, cross_entropy, loss_fn_for, masked_loss_fn_for
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -457,6 +457,7 @@ class Ensemble:
                 tensor.data = self.buffers[name].data[k]
         self.base = copy.deepcopy(models[0]).to("meta")
         self.stacked_forward = getattr(models[0], "stacked_forward", None)  # a family's own, without vmap
+        self.stacked_cross_entropy = getattr(models[0], "stacked_cross_entropy", None)
 
     def params(self) -> dict[str, torch.Tensor]:
         """Every member's parameters, stacked (member order)."""
@@ -476,12 +477,13 @@ class Ensemble:
     def losses(self, loss_fn, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """(S,) losses, member s on its inputs x[s] and labels y[s]; `rows` (S, batch): which rows
         are its own (a masked loss, see `masked_loss_fn_for`), None when all are. A family's
-        `stacked_forward` (parameters only, no buffers) runs without vmap; the loss is vmapped."""
+        `stacked_forward` (parameters only, no buffers) runs without vmap; the loss is vmapped, or
+        is the family's own `stacked_cross_entropy` (forward and backward written out)."""
         extra = () if rows is None else (rows,)
+        if self.stacked_cross_entropy is not None and loss_fn is cross_entropy and rows is None:
+            return self.stacked_cross_entropy(self.params(), x, y)
         if self.stacked_forward is not None:
-            out = self.stacked_forward(self.params(), x)
-            stacked = STACKED_LOSSES.get(loss_fn) if rows is None else None
-            return stacked(out, y) if stacked is not None else vmap(loss_fn)(out, y, *extra)
+            return vmap(loss_fn)(self.stacked_forward(self.params(), x), y, *extra)
         loss = vmap(lambda p, b, xs, ys, *rs: loss_fn(self._call(p, b, xs), ys, *rs))
         return loss(self.params(), self.buffers, x, y, *extra)
 

@@ -51,16 +51,6 @@ def cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -out.log_softmax(-1).gather(-1, y.unsqueeze(-1)).mean()
 
 
-def stacked_cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """`cross_entropy` of S stacked models at once: out (S, batch, classes), y (S, batch) -> (S,),
-    each model's mean over its batch; what a vectorised group (train.Ensemble) takes when its
-    family has a `stacked_forward`, a tenth cheaper a step than vmap over `cross_entropy`."""
-    return -out.log_softmax(-1).gather(-1, y.unsqueeze(-1)).squeeze(-1).flatten(1).mean(1)
-
-
-STACKED_LOSSES = {cross_entropy: stacked_cross_entropy}  # a loss -> its form over stacked models
-
-
 def loss_fn_for(data: Dataset) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The loss a task is scored by: cross-entropy (per-token tasks: over the positions
     that are not IGNORE), or mean squared error, weighted per output by `loss_weights`."""

@@ -25,7 +25,6 @@ Each family's parameters, checks and closed-form parameter count are declared in
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -41,6 +40,7 @@ from scalesweep.zoo.family_params import (
     check_tms_shape,
     check_transformer,
 )
+from scalesweep.zoo.stacked_mlp import stacked_mlp_cross_entropy, table_offsets
 
 
 def mup_multipliers(model: nn.Module, hidden: set[str], width_mult: float, optimizer: str) -> dict[str, float]:
@@ -50,13 +50,6 @@ def mup_multipliers(model: nn.Module, hidden: set[str], width_mult: float, optim
     if optimizer == "sgd":
         return {name: width_mult for name in names if name not in hidden}
     return {name: 1.0 / width_mult for name in names if name in hidden}
-
-
-@functools.lru_cache(maxsize=64)
-def _table_offsets(members: int, rows: int, dims: int, device: torch.device) -> torch.Tensor:
-    """Where each member's table starts in S stacked tables flattened, (S, 1, ...) with `dims`
-    dimensions: made once, not at every step (a step of a small stacked model is mostly such calls)."""
-    return (torch.arange(members, device=device) * rows).view(-1, *[1] * (dims - 1))
 
 
 class MupReadout:
@@ -126,13 +119,18 @@ class MLP(MupReadout, nn.Module):
         h = x
         if self.embed is not None:
             table = params["embed.weight"]  # (S, vocab, embed_dim)
-            offsets = _table_offsets(len(table), table.shape[1], x.dim(), x.device)
+            offsets = table_offsets(len(table), table.shape[1], x.dim(), x.device)
             h = table.flatten(0, 1).index_select(0, (x + offsets).flatten()).view(*x.shape[:2], -1)
         for i in range(0, len(self.hidden), 2):
             weight, bias = params[f"hidden.{i}.weight"], params[f"hidden.{i}.bias"]
             h = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2)).relu()
         out = torch.baddbmm(params["readout.bias"].unsqueeze(1), h, params["readout.weight"].transpose(1, 2))
         return out * self.readout_mult if self.readout_mult != 1 else out
+
+    def stacked_cross_entropy(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(S,) training losses of S stacked models (`stacked_forward`'s arguments, y (S, batch)
+        labels), each member's mean cross-entropy, with a backward written out (`stacked_mlp`)."""
+        return stacked_mlp_cross_entropy(params, x, y, len(self.hidden) // 2, self.readout_mult)
 
     def lr_multipliers(self, optimizer: str) -> dict[str, float]:
         if self.parametrization != "mup":
