@@ -1,8 +1,10 @@
 """Seed ensembles vs one seed after the other: 8 seeds of a width-32 MLP on modular addition.
 
 Both ways run in this process, alternating which goes first over repetitions
-(so neither always gets the warm caches); prints the median wall time of each
-and the speed-up. Usage: python benchmarks/ensemble_speed.py [--reps 5] [--steps 500]
+(so neither always gets the warm caches), with glibc's malloc keeping freed memory as a
+scalesweep worker's does (`worker.keep_freed_memory`: both ways train as in a worker); prints
+the median wall time of each and the speed-up.
+Usage: python benchmarks/ensemble_speed.py [--reps 5] [--steps 500] [--seeds 8]
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from scalesweep.plan import RunConfig
 from scalesweep.spec import TrainingSpec
 from scalesweep.train import train_ensemble, train_one
+from scalesweep.worker import keep_freed_memory
 
 
 def configs(seeds: int, steps: int, p: int = 59, data_size: int = 1000, batch_size: int = 256) -> list[RunConfig]:
@@ -64,6 +67,7 @@ def main() -> None:
     parser.add_argument("--data-size", type=int, default=1000, help="training pairs")
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args()
+    keep_freed_memory()
     runs = configs(args.seeds, args.steps, args.p, args.data_size, args.batch_size)
     ensemble(runs[:2])  # warm up both paths once
     sequential(runs[:1])

@@ -415,14 +415,17 @@ def _evaluate(
 ) -> dict[str, float]:
     """One evaluation row; `outputs` (train, test) when the caller already computed them;
     `init_stats` what the at-init parts measured (e.g. the initial weights)."""
-    model.eval()
+    training = model.training  # a vectorised group's members stay in eval mode (`Ensemble`)
+    if training:
+        model.eval()
     train_out, test_out = outputs if outputs is not None else (model(data.x_train), model(data.x_test))
     ctx = obs.EvalContext(step, model, data, train_out, test_out, loss_fn, grad_norm, init_stats or {})
     row: dict[str, float] = {"step": float(step)}
     for observable in observables:
         if observable.step is not None:
             row.update(observable.step(ctx))
-    model.train()
+    if training:
+        model.train()
     return row
 
 
@@ -455,7 +458,9 @@ class Ensemble:
         for k, model in enumerate(models):
             for name, tensor in model.named_buffers():
                 tensor.data = self.buffers[name].data[k]
-        self.base = copy.deepcopy(models[0]).to("meta")
+        self.base = copy.deepcopy(models[0]).to("meta")  # in training mode, as the models came
+        for model in models:  # trained through the stacked tensors, read only by observables
+            model.eval()
         self.stacked_forward = getattr(models[0], "stacked_forward", None)  # a family's own, without vmap
         self.stacked_cross_entropy = getattr(models[0], "stacked_cross_entropy", None)
 
