@@ -58,7 +58,7 @@ __all__ = ["build", "loss_fn_for", "n_params", "pick_device", "train_one", "trai
 
 Event = dict[str, Any]
 FLUSH_SECONDS = 2.0  # live curves every ~2 s; each flush is one MLflow write on the driver
-CHECKPOINT_FORMAT = 1  # a checkpoint of another format (or kind, or runs) is ignored: the run starts over
+CHECKPOINT_FORMAT = 2  # a checkpoint of another format (or kind, or runs) is ignored: the run starts over
 
 
 class InjectedFailure(RuntimeError):
@@ -202,7 +202,9 @@ class Recorder:
         return events
 
     def finish(self, **extra: float) -> list[Event]:
-        """The last metrics and the summary event."""
+        """The last metrics and the summary event, measured in eval mode (as a vectorised group's
+        members always are): training is over."""
+        self.model.eval()
         ctx = obs.RunContext(
             self.model, self.data, self.config.training.steps, self.config.training.fit_threshold, self.init_stats
         )
@@ -250,7 +252,8 @@ def _train(
             if step < t.steps and not recorder.diverged and saver.due():
                 yield from recorder.flush()
                 parts = {"model": model.state_dict()}
-                yield saver.event([config.run_key], step, parts, optimizer, [generator], [recorder])
+                states = minibatches.checkpoint_states(step)
+                yield saver.event([config.run_key], step, parts, optimizer, states, [recorder])
         if step == t.steps or recorder.diverged:
             break
         if t.fail_at_step is not None and step == t.fail_at_step:
@@ -283,7 +286,7 @@ class Checkpointer:
         step: int,
         parts: dict[str, Any],
         optimizer: Optimizer,
-        generators: list[torch.Generator],
+        generator_states: list[torch.Tensor],
         recorders: list[Recorder],
     ) -> Event:
         """The `checkpoint` event: `parts` (the model's tensors) with the optimiser, the minibatch
@@ -296,7 +299,7 @@ class Checkpointer:
             "step": step,
             "elapsed": began - recorders[0].started,
             "optimizer": optimizer.state_dict(),
-            "generators": [g.get_state() for g in generators],
+            "generators": generator_states,
             "rng": torch.get_rng_state(),
             "recorders": [r.state() for r in recorders],
             **parts,
@@ -339,23 +342,39 @@ def _restore(saved: dict[str, Any], optimizer, generators: list[torch.Generator]
     return int(saved["step"])
 
 
-class BlockDraws:
-    """Random draws a training loop needs at every step, made a block of steps at a time: every
-    step from one evaluation step up to the next in one call (one `torch.randint` for a block
-    instead of one a step: a step of a small model is mostly such per-call costs). A block never
-    spans an evaluation step, the only step a checkpoint is taken at, so a checkpoint's generator
-    states are where the next step's draws begin, and a resumed run draws what it would have."""
+BLOCK_ROWS = 1 << 16  # a run's block of minibatch draws holds at most this many rows (512 KiB)
 
-    def __init__(self, t: TrainingSpec):
-        self.t, self.first, self.end = t, 0, 0
+
+class BlockDraws:
+    """Random draws a training loop needs at every step, made a block of steps at a time: steps
+    [kK, (k+1)K) in one call per generator, K = BLOCK_ROWS // batch_size (one `torch.randint` for a
+    block instead of one a step: a step of a small model is mostly such per-call costs; K bounds
+    the memory). The blocks sit at fixed steps, the same for a run alone and in a group, so a run's
+    draws do not depend on when it evaluates or checkpoints. A checkpoint keeps each generator's
+    state from before the block that holds its step (`checkpoint_states`); a resumed run draws
+    that block again and goes on at its step, as if never stopped."""
+
+    def __init__(self, generators: list[torch.Generator], t: TrainingSpec):
+        self.generators, self.t = generators, t
+        self.steps_per_block = max(1, BLOCK_ROWS // t.batch_size)
+        self.first, self.end = 0, 0
+        self.before: list[torch.Tensor] = []  # the generators' states before the current block
 
     def offset(self, step: int) -> int:
-        """`step`'s row in the current block, drawing the next block when `step` is past it."""
+        """`step`'s row in its block, drawing that block when it is not the current one."""
         if not self.first <= step < self.end:
-            self.first = step
-            self.end = min((step // self.t.eval_every + 1) * self.t.eval_every, self.t.steps)
-            self.draw(self.end - step)
+            self.first = step // self.steps_per_block * self.steps_per_block
+            self.end = min(self.first + self.steps_per_block, self.t.steps)
+            self.before = [g.get_state() for g in self.generators]
+            self.draw(self.end - self.first)
         return step - self.first
+
+    def checkpoint_states(self, step: int) -> list[torch.Tensor]:
+        """The generators' states for a checkpoint taken before `step` trains: from before the
+        block that holds `step` when it is drawn already, else as they are."""
+        if self.first <= step < self.end:
+            return list(self.before)
+        return [g.get_state() for g in self.generators]
 
     def draw(self, steps: int) -> None:
         raise NotImplementedError
@@ -365,7 +384,8 @@ def draw_minibatches(n: int, batch_size: int, steps: int, generator: torch.Gener
     """The rows of `steps` consecutive minibatches, (steps, batch_size), drawn with replacement
     from n in one call; None when the whole set fits in one batch. On the CPU one call gives the
     same numbers as one call per minibatch and leaves the generator where those would
-    (tests/test_ensemble.py: neither do a run's losses on how its draws are blocked)."""
+    (tests/test_ensemble.py), so blocks changed no CPU run; on a GPU they differ, but a run's
+    blocks are the same alone, in a group and resumed."""
     if batch_size >= n:
         return None
     return torch.randint(n, (steps, batch_size), generator=generator, device=generator.device)
@@ -375,11 +395,11 @@ class Minibatches(BlockDraws):
     """One run's minibatch rows, step by step (None: its whole training set)."""
 
     def __init__(self, n: int, generator: torch.Generator, t: TrainingSpec):
-        super().__init__(t)
-        self.n, self.generator, self.block = n, generator, None
+        super().__init__([generator], t)
+        self.n, self.block = n, None
 
     def draw(self, steps: int) -> None:
-        self.block = draw_minibatches(self.n, self.t.batch_size, steps, self.generator)
+        self.block = draw_minibatches(self.n, self.t.batch_size, steps, self.generators[0])
 
     def at(self, step: int) -> torch.Tensor | None:
         row = self.offset(step)
@@ -532,12 +552,11 @@ class GroupData(BlockDraws):
     a time, as `Minibatches`, stacked and offset into the flattened sets once per block)."""
 
     def __init__(self, datas: list[Dataset], generators: list[torch.Generator], t: TrainingSpec):
-        super().__init__(t)
+        super().__init__(generators, t)
         device = datas[0].x_train.device
         self.x_train, self.y_train = _padded([d.x_train for d in datas]), _padded([d.y_train for d in datas])
         self.x_eval = _padded([torch.cat([d.x_train, d.x_test]) for d in datas])
         self.n_train, self.n_test = [len(d.x_train) for d in datas], [len(d.x_test) for d in datas]
-        self.generators = generators
         counts = [min(t.batch_size, n) for n in self.n_train]
         self.width = max(counts)
         rows = torch.arange(self.width, device=device)
@@ -689,7 +708,7 @@ def _train_ensemble(
                 for recorder in recorders:
                     yield from recorder.flush()
                 parts = {"blocks": [{n: v.detach() for n, v in block.items()} for block in ensemble.blocks]}
-                yield saver.event(keys, step, parts, optimizer, generators, recorders)
+                yield saver.event(keys, step, parts, optimizer, data.checkpoint_states(step), recorders)
         if step == t.steps or not active:
             break
         if t.fail_at_step is not None and step == t.fail_at_step:

@@ -15,7 +15,7 @@ import sqlite3
 import pytest
 import torch
 
-from scalesweep import store
+from scalesweep import store, train
 from scalesweep.ledger import ChildRun, Ledger
 from scalesweep.plan import RunConfig, plan
 from scalesweep.spec import CheckpointSpec, parse_spec
@@ -112,6 +112,29 @@ def test_an_ensemble_resumed_from_a_checkpoint_ends_as_if_never_stopped(optimize
     for config in runs:
         assert resumed[config.run_key]["resumed"] == 20
         assert_same(whole[config.run_key], resumed[config.run_key])
+
+
+@pytest.mark.parametrize("steps_per_block", [3, 5])
+@pytest.mark.parametrize("together", [False, True], ids=["alone", "ensemble"])
+def test_a_resume_inside_a_block_of_draws_or_at_its_end_draws_what_it_would_have(
+    monkeypatch, steps_per_block, together
+):
+    """Minibatches are drawn a block of steps at a time (`train.BlockDraws`); a checkpoint at step
+    20 falls inside a block of 3 steps (18-20) and at the end of one of 5: either way the resumed
+    run must end as the run never stopped, exactly."""
+    runs = configs(seeds=(0, 1) if together else (0,))
+    monkeypatch.setattr(train, "BLOCK_ROWS", steps_per_block * runs[0].training.batch_size)
+
+    def trained(*args, **kwargs):
+        return train_runs(runs, 0.0, *args, **kwargs) if together else train_one(runs[0], CPU, *args, **kwargs)
+
+    whole = results(trained())
+    saved = until_checkpoint(trained(EVERY_EVAL), 3)
+    assert saved["step"] == 20
+    resumed = results(trained(EVERY_EVAL, {c.run_key: saved["data"] for c in runs} if together else saved["data"]))
+    for config in runs:
+        assert resumed[config.run_key]["resumed"] == 20
+        assert_same(whole[config.run_key], resumed[config.run_key], rtol=0)
 
 
 def test_a_checkpoint_that_does_not_fit_is_ignored_and_the_run_starts_over():

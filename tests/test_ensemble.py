@@ -10,7 +10,15 @@ from torch import nn
 
 from scalesweep.plan import RunConfig
 from scalesweep.spec import TrainingSpec
-from scalesweep.train import draw_minibatches, train_ensemble, train_one, train_runs
+from scalesweep.train import (
+    GroupData,
+    Minibatches,
+    build,
+    draw_minibatches,
+    train_ensemble,
+    train_one,
+    train_runs,
+)
 from scalesweep.zoo import FAMILIES, TASKS
 from scalesweep.zoo.base import DataShape, Params, register_family, register_task
 from scalesweep.zoo.data import Dataset
@@ -199,8 +207,8 @@ def test_train_runs_groups_mixed_runs_by_ensemble():
 
 
 def test_a_block_of_minibatches_is_the_draws_one_step_at_a_time():
-    """Training draws each evaluation interval's minibatches in one call (`train.BlockDraws`); on
-    the CPU that call must give the numbers, and leave the generator where, one call a step would."""
+    """Training draws a block of steps' minibatches in one call (`train.BlockDraws`); on the CPU
+    that call must give the numbers, and leave the generator where, one call a step would."""
     for n, batch, steps in [(1000, 256, 100), (800, 512, 7), (70_000, 128, 33)]:
         one_by_one, block = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
         expected = torch.stack([torch.randint(n, (batch,), generator=one_by_one) for _ in range(steps)])
@@ -211,8 +219,9 @@ def test_a_block_of_minibatches_is_the_draws_one_step_at_a_time():
 
 @pytest.mark.parametrize("together", [False, True], ids=["alone", "ensemble"])
 def test_a_runs_training_does_not_depend_on_its_evaluation_interval(together):
-    """Blocks of draws end at evaluation steps; the minibatches, hence the trained model, must not
-    depend on where those are: the final losses agree exactly for three evaluation intervals."""
+    """A run's minibatches, hence its trained model, must not depend on when it evaluates (a
+    checkpoint can only come at an evaluation): the final losses agree exactly for three
+    evaluation intervals."""
     finals = []
     for eval_every in (7, 10, 60):
         runs = configs(training={"steps": 60, "eval_every": eval_every})
@@ -220,3 +229,17 @@ def test_a_runs_training_does_not_depend_on_its_evaluation_interval(together):
         rows = by_run(events)
         finals.append([rows[c.run_key]["rows"][-1]["train_loss"] for c in runs])
     assert finals[0] == finals[1] == finals[2]
+
+
+def test_a_block_of_draws_stays_small_however_rarely_a_run_evaluates():
+    """Blocks sit at fixed steps, not at evaluations: a run that evaluates only at its end (100 000
+    steps of 512 rows: 400 MB of indices) must hold at most a MiB of them at once."""
+    t = TrainingSpec(steps=100_000, batch_size=512, eval_every=100_000)
+    alone = Minibatches(1000, torch.Generator().manual_seed(0), t)
+    assert alone.at(0).shape == (512,) and alone.block.numel() * 8 <= 1 << 20
+    t = t.model_copy(update={"batch_size": 64})  # a member of 100 pairs draws, one of 50 is whole
+    runs = [configs()[0], configs(data_size=50)[0]]
+    group = GroupData([build(c, CPU)[1] for c in runs], [torch.Generator().manual_seed(s) for s in (0, 1)], t)
+    x, _, rows = group.batch(0)
+    assert x.shape[:2] == (2, 64) and rows[1].sum() == 50
+    assert group.flat.numel() * 8 <= 2 << 20

@@ -40,12 +40,21 @@ def table_offsets(members: int, rows: int, dims: int, device: torch.device) -> t
     return (torch.arange(members, device=device) * rows).view(-1, *[1] * (dims - 1))
 
 
+# Below log(float32's smallest normal number, 1.2e-38) = -87.3, exp's result is subnormal or zero,
+# and CPU kernels take a path about ten times slower (benchmarks/RESULTS.md); bfloat16 has the
+# same range. Other dtypes are not clamped (float64's limit, -708, is not where training goes).
+EXP_FLOOR = {torch.float32: -87.0, torch.bfloat16: -87.0}
+
+
 def _clamped_exp_(log_probs: torch.Tensor) -> torch.Tensor:
-    """softmax from log-softmax, in place, clamped at -87 first. Below -87 exp's result falls
-    under float32's smallest normal number (1.2e-38), where CPU kernels take a path about ten
-    times slower (benchmarks/RESULTS.md), and a trained classifier's wrong classes sit there; a
-    probability that small is a zero gradient in float32 either way."""
-    return log_probs.clamp_min_(-87.0).exp_()
+    """softmax from log-softmax, in place, the log-probabilities first raised to -87 in float32.
+    A trained classifier's wrong classes sit below it; each such class's probability becomes
+    exp(-87) = 1.6e-38 instead of a smaller number or 0, so its gradient entry gains at most
+    1.6e-38 / batch: nothing against the others, an AdamW step of ~lr x 1e-30 where all else is 0."""
+    floor = EXP_FLOOR.get(log_probs.dtype)
+    if floor is not None:
+        log_probs.clamp_min_(floor)
+    return log_probs.exp_()
 
 
 class StackedMLPCrossEntropy(torch.autograd.Function):
