@@ -142,8 +142,9 @@ def sweep_runs(spec: SweepSpec, tracking_uri: str | None) -> tuple[pd.DataFrame,
     if all_runs.empty:
         raise UserError(f'sweep "{spec.name}" has no runs in MLflow yet; run `scalesweep run` on its spec first.')
     finished_ids, failed_ids = Ledger.from_table(all_runs).current(c.run_key for c in plan(spec))
-    by_start = all_runs.sort_values("start_time", kind="stable")
-    finished = by_start[by_start["run_id"].isin(set(finished_ids.values()))].reset_index(drop=True)
+    # in run key order (store.runs_table): the same table, hence the same bootstraps, whatever
+    # order the runs started in
+    finished = all_runs[all_runs["run_id"].isin(set(finished_ids.values()))].reset_index(drop=True)
     if finished.empty:
         raise UserError(
             f'sweep "{spec.name}" has no finished run of its current spec yet; `scalesweep status SPEC` shows '

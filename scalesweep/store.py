@@ -733,8 +733,11 @@ def runs_table(
     if table.empty:
         return table
     if finished_only:
-        table = table[table["status"] == "FINISHED"].reset_index(drop=True)
-    return table
+        table = table[table["status"] == "FINISHED"]
+    # MLflow returns runs newest first, i.e. in the order a sweep's runs happened to start; a
+    # bootstrap over the rows would then differ between two sweeps that trained the same runs.
+    order = [c for c in ("run_key", "start_time") if c in table.columns]
+    return table.sort_values(order, kind="stable").reset_index(drop=True)
 
 
 def _row(run: Any) -> dict[str, Any]:

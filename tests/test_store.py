@@ -3,6 +3,8 @@ kind, the parent run's params, outcome metrics and description, the children's n
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -93,6 +95,19 @@ def test_child_runs_are_ledger_records_and_an_absent_experiment_has_none(workdir
     (child,) = store.child_runs(client, "ledgered", store.experiment_named(client, "scalesweep/ledgered"))
     assert (child.run_id, child.run_key, child.status) == (run_id, plan(SPEC)[0].run_key, "RUNNING")
     assert child.start_time > 0 and tracker.child_runs() == [child]
+
+
+def test_the_runs_table_is_in_run_key_order_whatever_order_the_runs_started_in(workdir, uri):
+    """Verdict confidences come from bootstraps over the table's rows, so two sweeps that trained
+    the same runs must read the same table: rows by run key (then start), not by start time."""
+    configs = plan(SPEC)[:6]
+    tracker = store.Tracker(store.client_for(uri), "ordered", "scalesweep/ordered")
+    by_key = sorted(configs, key=lambda c: c.run_key)
+    for i in (2, 5, 0, 3, 1, 4):  # started in neither key order nor its reverse, a millisecond apart
+        tracker.finish(tracker.start_child(by_key[i]), {"final_test_acc": 0.5}, 20, 0)
+        time.sleep(0.002)
+    table = store.runs_table("ordered", "scalesweep/ordered", uri)
+    assert list(table["run_key"]) == sorted(c.run_key for c in configs)
 
 
 def test_a_new_sqlite_store_is_a_copy_of_the_cached_schema_and_a_bad_cache_is_not_used(tmp_path, monkeypatch):
