@@ -218,7 +218,7 @@ def prepare_checkpoints(
     *,
     force: bool,
 ) -> dict[str, tuple[bytes | None, list[str]]]:
-    """Per run to do: (the checkpoint it goes on from, or None; its runs that hold one).
+    """Per run to do: (the checkpoint it goes on from, or None; its runs that may hold one).
 
     A key goes on from the checkpoint of its latest interrupted attempt (`Ledger.resumable`); a
     group (`group_by_stack`, as the driver forms them) only when each of its runs has one of the
@@ -237,7 +237,7 @@ def prepare_checkpoints(
         same = all(sources) and len({s.checkpoint_step for s in sources}) == 1
         for config, source in zip(group, sources, strict=True):
             data = tracker.read_checkpoint(source.run_id) if same else None
-            found[config.run_key] = (data, [c.run_id for c in ledger.with_checkpoints(config.run_key)])
+            found[config.run_key] = (data, [c.run_id for c in ledger.may_hold_checkpoints(config.run_key)])
     return found
 
 

@@ -99,8 +99,14 @@ class Ledger:
         return None
 
     def with_checkpoints(self, key: str) -> list[ChildRun]:
-        """The key's children that hold a checkpoint (to delete once the key has finished)."""
+        """The key's children tagged with a checkpoint."""
         return [c for c in self.by_key.get(key, []) if c.checkpoint_step is not None]
+
+    def may_hold_checkpoints(self, key: str) -> list[ChildRun]:
+        """The key's children whose checkpoints go when it finishes: those tagged with one, and
+        every KILLED one, whose driver may have died between storing a checkpoint and tagging it
+        (`store.Tracker.log_checkpoint` tags last)."""
+        return [c for c in self.by_key.get(key, []) if c.checkpoint_step is not None or c.status == "KILLED"]
 
     def to_run(self, configs: Sequence[RunConfig], *, force: bool = False, rerun_failed: bool = False) -> list:
         """The planned runs to run, in plan order (RUNNING children count as interrupted)."""

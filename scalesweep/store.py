@@ -507,24 +507,28 @@ class Tracker:
                 return None
 
     def delete_checkpoint(self, run_id: str) -> None:
-        """Delete a run's checkpoint and its tag (its key finished). An artifact store that cannot
-        delete leaves the file, said once; the tag goes, so the checkpoint is never used again."""
+        """Delete a run's checkpoint and its tag (its key finished), or the untagged file a killed
+        driver may have left (none: nothing to do). An artifact store that cannot delete leaves
+        the file, said once; the tag goes, so the checkpoint is never used again."""
+        tagged = True
         try:
-            self._call(_delete_artifacts, self.client, run_id, CHECKPOINT_DIR)
+            run = self._call(self.client.get_run, run_id)
+            tagged = CHECKPOINT_TAG in run.data.tags
+            self._call(_delete_artifacts, self.client, run.info.artifact_uri, CHECKPOINT_DIR)
         except TrackingLost:
             raise
         except Exception as err:
             self.notify(f"could not delete the checkpoint of run {run_id} ({first_line(err)}); it stays")
-        self._call(self.client.delete_tag, run_id, CHECKPOINT_TAG)
+        if tagged:
+            self._call(self.client.delete_tag, run_id, CHECKPOINT_TAG)
 
 
-def _delete_artifacts(client: MlflowClient, run_id: str, path: str) -> None:
-    """Delete a run's artifacts under `path` (MLflow's client has no call for it; its artifact
-    repositories do: local folders, mlflow-artifacts servers, S3, ...)."""
+def _delete_artifacts(client: MlflowClient, artifact_uri: str, path: str) -> None:
+    """Delete a run's artifacts under `path`, if any (MLflow's client has no call for it; its
+    artifact repositories do: local folders, mlflow-artifacts servers, S3, ...)."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    uri = client.get_run(run_id).info.artifact_uri
-    get_artifact_repository(uri, tracking_uri=client.tracking_uri).delete_artifacts(path)
+    get_artifact_repository(artifact_uri, tracking_uri=client.tracking_uri).delete_artifacts(path)
 
 
 def _run_tags(tags: dict[str, str]) -> list[RunTag]:

@@ -204,6 +204,9 @@ def test_a_key_goes_on_from_its_latest_interrupted_attempt_with_a_checkpoint():
     assert ledger.resumable("a").run_id == "a1"
     assert ledger.resumable("b") is None and ledger.resumable("c") is None and ledger.resumable("d") is None
     assert [c.run_id for c in ledger.with_checkpoints("a")] == ["a1"]
+    # a KILLED attempt may hold an untagged checkpoint (its driver died between storing and tagging)
+    assert [c.run_id for c in ledger.may_hold_checkpoints("a")] == ["a1", "a2"]
+    assert [c.run_id for c in ledger.may_hold_checkpoints("b")] == ["b1"]
 
 
 def test_a_checkpoint_is_stored_read_back_and_deleted(workdir, empty_store):
@@ -221,6 +224,20 @@ def test_a_checkpoint_is_stored_read_back_and_deleted(workdir, empty_store):
     tracker.delete_checkpoint(run_id)
     assert tracker.read_checkpoint(run_id) is None
     assert Ledger(tracker.child_runs()).resumable(config.run_key) is None
+    assert not list((workdir / "mlartifacts").rglob("checkpoint.pt"))
+    tracker.delete_checkpoint(run_id)  # nothing left to delete: nothing happens
+
+    # A driver killed between storing a checkpoint and tagging it leaves an untagged file; the key's
+    # KILLED attempt is among those whose checkpoints go when the key finishes.
+    orphan = tracker.start_child(config)
+    untagged = workdir / store.CHECKPOINT_FILE
+    untagged.write_bytes(b"third")
+    tracker.client.log_artifact(orphan, str(untagged), artifact_path=store.CHECKPOINT_DIR)
+    tracker.abandon(orphan, "killed before the tag")
+    holders = [c.run_id for c in Ledger(tracker.child_runs()).may_hold_checkpoints(config.run_key)]
+    assert orphan in holders and len(list((workdir / "mlartifacts").rglob("checkpoint.pt"))) == 1
+    for holder in holders:
+        tracker.delete_checkpoint(holder)
     assert not list((workdir / "mlartifacts").rglob("checkpoint.pt"))
 
 
