@@ -40,7 +40,7 @@ from scalesweep.zoo.family_params import (
     check_tms_shape,
     check_transformer,
 )
-from scalesweep.zoo.stacked_mlp import stacked_mlp_cross_entropy, table_offsets
+from scalesweep.zoo.stacked_mlp import stacked_layers, stacked_logits, stacked_mlp_cross_entropy
 
 
 def mup_multipliers(model: nn.Module, hidden: set[str], width_mult: float, optimizer: str) -> dict[str, float]:
@@ -116,16 +116,8 @@ class MLP(MupReadout, nn.Module):
         batched matmuls: a quarter to a third cheaper a training step than vmap(functional_call)
         on CPU (8 members at width 32, benchmarks/ensemble_speed.py); each member's outputs equal its own
         model's forward to float rounding."""
-        h = x
-        if self.embed is not None:
-            table = params["embed.weight"]  # (S, vocab, embed_dim)
-            offsets = table_offsets(len(table), table.shape[1], x.dim(), x.device)
-            h = table.flatten(0, 1).index_select(0, (x + offsets).flatten()).view(*x.shape[:2], -1)
-        for i in range(0, len(self.hidden), 2):
-            weight, bias = params[f"hidden.{i}.weight"], params[f"hidden.{i}.bias"]
-            h = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2)).relu()
-        out = torch.baddbmm(params["readout.bias"].unsqueeze(1), h, params["readout.weight"].transpose(1, 2))
-        return out * self.readout_mult if self.readout_mult != 1 else out
+        table, layers = stacked_layers(params, len(self.hidden) // 2)
+        return stacked_logits(x, self.readout_mult, table, layers)[0]
 
     def stacked_cross_entropy(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """(S,) training losses of S stacked models (`stacked_forward`'s arguments, y (S, batch)

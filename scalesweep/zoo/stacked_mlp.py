@@ -64,19 +64,7 @@ class StackedMLPCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, y, readout_mult: float, table, *layers):
-        members, batch = y.shape
-        tokens = None
-        h = x
-        if table is not None:
-            tokens = (x + table_offsets(members, table.shape[1], x.dim(), x.device)).flatten()
-            h = table.flatten(0, 1).index_select(0, tokens).view(members, batch, -1)
-        inputs = [h]  # each linear layer's input
-        for weight, bias in zip(layers[0:-2:2], layers[1:-2:2], strict=True):
-            h = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2)).relu_()
-            inputs.append(h)
-        z = torch.baddbmm(layers[-1].unsqueeze(1), h, layers[-2].transpose(1, 2))
-        if readout_mult != 1:
-            z = z.mul_(readout_mult)
+        z, tokens, inputs = stacked_logits(x, readout_mult, table, layers)
         log_probs = z.log_softmax(-1)
         ctx.readout_mult = readout_mult
         ctx.save_for_backward(log_probs, y, tokens, table, *inputs, *layers)
@@ -109,10 +97,35 @@ class StackedMLPCrossEntropy(torch.autograd.Function):
         return None, None, None, grad_table, *grads
 
 
-def stacked_mlp_cross_entropy(params: dict[str, torch.Tensor], x, y, depth: int, readout_mult: float):
-    """(S,) cross-entropy losses of S stacked MLPs of `depth` hidden layers (`models.MLP`'s names)."""
+def stacked_layers(params: dict[str, torch.Tensor], depth: int) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    """(embedding tables or None, [W_1, b_1, ..., W_r, b_r]) from stacked parameters under
+    `models.MLP`'s names, for an MLP of `depth` hidden layers."""
     layers = []
     for i in range(depth):
         layers += [params[f"hidden.{2 * i}.weight"], params[f"hidden.{2 * i}.bias"]]
     layers += [params["readout.weight"], params["readout.bias"]]
-    return StackedMLPCrossEntropy.apply(x, y, readout_mult, params.get("embed.weight"), *layers)
+    return params.get("embed.weight"), layers
+
+
+def stacked_logits(x, readout_mult: float, table, layers) -> tuple[torch.Tensor, torch.Tensor | None, list]:
+    """The forward of S stacked MLPs: (logits z, the flat token ids looked up or None, each
+    linear layer's input). One lookup into the stacked tables and one batched matmul per layer;
+    each member's logits equal its own model's forward to float rounding."""
+    members, batch = x.shape[:2]
+    tokens = None
+    h = x
+    if table is not None:
+        tokens = (x + table_offsets(members, table.shape[1], x.dim(), x.device)).flatten()
+        h = table.flatten(0, 1).index_select(0, tokens).view(members, batch, -1)
+    inputs = [h]
+    for weight, bias in zip(layers[0:-2:2], layers[1:-2:2], strict=True):
+        h = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2)).relu_()
+        inputs.append(h)
+    z = torch.baddbmm(layers[-1].unsqueeze(1), h, layers[-2].transpose(1, 2))
+    return (z.mul_(readout_mult) if readout_mult != 1 else z), tokens, inputs
+
+
+def stacked_mlp_cross_entropy(params: dict[str, torch.Tensor], x, y, depth: int, readout_mult: float):
+    """(S,) cross-entropy losses of S stacked MLPs of `depth` hidden layers (`models.MLP`'s names)."""
+    table, layers = stacked_layers(params, depth)
+    return StackedMLPCrossEntropy.apply(x, y, readout_mult, table, *layers)
