@@ -482,7 +482,7 @@ class Ensemble:
         for model in models:  # trained through the stacked tensors, read only by observables
             model.eval()
         self.stacked_forward = getattr(models[0], "stacked_forward", None)  # a family's own, without vmap
-        self.stacked_cross_entropy = getattr(models[0], "stacked_cross_entropy", None)
+        self.stacked_grads = getattr(models[0], "stacked_grads", None)  # a family's cross-entropy gradients
 
     def params(self) -> dict[str, torch.Tensor]:
         """Every member's parameters, stacked (member order)."""
@@ -502,15 +502,24 @@ class Ensemble:
     def losses(self, loss_fn, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """(S,) losses, member s on its inputs x[s] and labels y[s]; `rows` (S, batch): which rows
         are its own (a masked loss, see `masked_loss_fn_for`), None when all are. A family's
-        `stacked_forward` (parameters only, no buffers) runs without vmap; the loss is vmapped, or
-        is the family's own `stacked_cross_entropy` (forward and backward written out)."""
+        `stacked_forward` (parameters only, no buffers) runs without vmap; the loss is vmapped."""
         extra = () if rows is None else (rows,)
-        if self.stacked_cross_entropy is not None and loss_fn is cross_entropy and rows is None:
-            return self.stacked_cross_entropy(self.params(), x, y)
         if self.stacked_forward is not None:
             return vmap(loss_fn)(self.stacked_forward(self.params(), x), y, *extra)
         loss = vmap(lambda p, b, xs, ys, *rs: loss_fn(self._call(p, b, xs), ys, *rs))
         return loss(self.params(), self.buffers, x, y, *extra)
+
+    def backward(self, loss_fn, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+        """Every member's gradient of its own loss (`losses`' arguments), into the stacked
+        parameters' `.grad` (which the optimiser zeroed to None). The family's own gradients
+        (`stacked_grads`, written out) where it has them for this loss, else autograd's."""
+        if self.stacked_grads is None or loss_fn is not cross_entropy or rows is not None:
+            self.losses(loss_fn, x, y, rows).sum().backward()
+            return
+        grads = self.stacked_grads(self.params(), x, y)
+        for (i, j), block in zip(self.spans, self.blocks, strict=True):
+            for name, param in block.items():
+                param.grad = grads[name] if len(self.blocks) == 1 else grads[name][i:j]
 
     def grad_norms(self) -> list[float]:
         """Each member's gradient L2 norm (over all its parameters)."""
@@ -660,8 +669,8 @@ def _can_stack(built: list[tuple[nn.Module, Dataset]]) -> bool:
         trial = Ensemble([copy.deepcopy(m) for m in models[:2]])
         x = torch.stack([d.x_train[:2] for d in datas[:2]])
         y = torch.stack([d.y_train[:2] for d in datas[:2]])
-        trial.losses(loss_fn_for(datas[0]), x, y).sum().backward()
-        trial.losses(masked_loss_fn_for(datas[0]), x, y, torch.ones(2, 2, device=x.device)).sum().backward()
+        trial.backward(loss_fn_for(datas[0]), x, y)
+        trial.backward(masked_loss_fn_for(datas[0]), x, y, torch.ones(2, 2, device=x.device))
     except Exception:  # an architecture vmap cannot batch: train the members one by one
         return False
     return True
@@ -715,7 +724,7 @@ def _train_ensemble(
             raise InjectedFailure(f"injected failure at step {step} (training.fail_at_step)")
         x, y, rows = data.batch(step)
         optimizer.zero_grad(set_to_none=True)
-        ensemble.losses(loss_fn, x, y, rows).sum().backward()
+        ensemble.backward(loss_fn, x, y, rows)
         if _is_eval_step(step + 1, t):
             grad_norms = ensemble.grad_norms()
         optimizer.step()

@@ -40,7 +40,7 @@ from scalesweep.zoo.family_params import (
     check_tms_shape,
     check_transformer,
 )
-from scalesweep.zoo.stacked_mlp import stacked_layers, stacked_logits, stacked_mlp_cross_entropy
+from scalesweep.zoo.stacked_mlp import stacked_layers, stacked_logits, stacked_mlp_grads
 
 
 def mup_multipliers(model: nn.Module, hidden: set[str], width_mult: float, optimizer: str) -> dict[str, float]:
@@ -119,10 +119,12 @@ class MLP(MupReadout, nn.Module):
         table, layers = stacked_layers(params, len(self.hidden) // 2)
         return stacked_logits(x, self.readout_mult, table, layers)[0]
 
-    def stacked_cross_entropy(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """(S,) training losses of S stacked models (`stacked_forward`'s arguments, y (S, batch)
-        labels), each member's mean cross-entropy, with a backward written out (`stacked_mlp`)."""
-        return stacked_mlp_cross_entropy(params, x, y, len(self.hidden) // 2, self.readout_mult)
+    def stacked_grads(
+        self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The gradients of S stacked models' summed mean cross-entropies (`stacked_forward`'s
+        arguments, y (S, batch) labels), written out without autograd (`stacked_mlp`)."""
+        return stacked_mlp_grads(params, x, y, len(self.hidden) // 2, self.readout_mult)
 
     def lr_multipliers(self, optimizer: str) -> dict[str, float]:
         if self.parametrization != "mup":

@@ -1,4 +1,5 @@
-"""The training loss of S stacked MLPs (a vectorised group, `train.Ensemble`), backward written out.
+"""S stacked MLPs (a vectorised group, `train.Ensemble`): their forward, and their training
+gradients written out.
 
 For member s with parameters (E, W_1, b_1, ..., W_L, b_L, W_r, b_r) and readout multiplier m
 (muP's 1/r, 1 under sp), on a batch of B examples:
@@ -8,21 +9,22 @@ For member s with parameters (E, W_1, b_1, ..., W_L, b_L, W_r, b_r) and readout 
     a   = h_L W_r^T + b_r,   z = m a       (z: the logits)
     loss_s = 1/B sum_b [logsumexp(z_b) - z_{b, y_b}]
 
-and, with g_s the gradient reaching loss_s (1 for a sum of the members' losses),
+and the gradients of sum_s loss_s (each member's own, as members share nothing), with c = m / B:
 
-    da   = g_s m / B (softmax(z) - onehot(y))
-    dW_r = da^T h_L,   db_r = sum_b da,   dh_L = da W_r
+    dz   = softmax(z) - onehot(y)          (the cross-entropy's gradient, before the factor c)
+    dW_r = c dz^T h_L,   db_r = c sum_b dz,   dh_L = dz (c W_r)
     dW_l = dh_l'^T h_{l-1},  db_l = sum_b dh_l',  dh_{l-1} = dh_l' W_l,  with dh_l' = dh_l [h_l > 0]
     dE   = the rows of dh_0 added into the rows of the tokens they looked up.
 
-Why by hand: a small model's step is mostly per-operation costs, not arithmetic. Autograd's
-graph of this loss has a node per operation (about twenty for one hidden layer), copies each
-transposed weight's gradient into its parameter's layout, and makes three passes over the
-(S, B, classes) logits for the cross-entropy's backward, one of them an exp that a trained
-classifier's very negative log-probabilities send down a slow path; here the backward is one
-function of a dozen kernels, working in place (benchmarks/RESULTS.md: 10 - 13 % of an ensemble's
-time at width 32). Same arithmetic: tests/test_stacked_mlp.py checks every member's loss and
-gradient against its own model's through autograd (float64, sp and muP, tokens and vectors,
+Why by hand, and without autograd: a small model's step is mostly per-operation costs, not
+arithmetic. Autograd's graph of this loss has a node per operation (about twenty for one hidden
+layer), copies each transposed weight's gradient into its parameter's layout, and makes several
+passes over the (S, B, classes) logits for the cross-entropy (a log-softmax, then an exp, a scatter
+and a scale in its backward); here one softmax gives dz, the factor c goes on the small tensors
+(W_r and the readout's gradients) rather than on dz, and nothing is recorded for a backward pass
+(benchmarks/RESULTS.md). The loss's value is not computed: training never reads it (evaluation
+computes its own, `observables`). Same arithmetic as autograd's: tests/test_stacked_mlp.py checks
+every member's gradient against its own model's (float64, sp and muP, tokens and vectors,
 confident and not), and tests/test_ensemble.py every member against its run trained alone.
 """
 
@@ -40,71 +42,18 @@ def table_offsets(members: int, rows: int, dims: int, device: torch.device) -> t
     return (torch.arange(members, device=device) * rows).view(-1, *[1] * (dims - 1))
 
 
-# Below log(float32's smallest normal number, 1.2e-38) = -87.3, exp's result is subnormal or zero,
-# and CPU kernels take a path about ten times slower (benchmarks/RESULTS.md); bfloat16 has the
-# same range. Other dtypes are not clamped (float64's limit, -708, is not where training goes).
-EXP_FLOOR = {torch.float32: -87.0, torch.bfloat16: -87.0}
-
-
-def _clamped_exp_(log_probs: torch.Tensor) -> torch.Tensor:
-    """softmax from log-softmax, in place, the log-probabilities first raised to -87 in float32.
-    A trained classifier's wrong classes sit below it; each such class's probability becomes
-    exp(-87) = 1.6e-38 instead of a smaller number or 0, so its gradient entry gains at most
-    1.6e-38 / batch: nothing against the others, an AdamW step of ~lr x 1e-30 where all else is 0."""
-    floor = EXP_FLOOR.get(log_probs.dtype)
-    if floor is not None:
-        log_probs.clamp_min_(floor)
-    return log_probs.exp_()
-
-
-class StackedMLPCrossEntropy(torch.autograd.Function):
-    """(S,) losses of S stacked MLPs: `apply(x, y, readout_mult, table, W_1, b_1, ..., W_r, b_r)`,
-    x (S, B, k) tokens (with `table` (S, vocab, d) their embeddings) or (S, B, in) vectors (`table`
-    None), y (S, B) labels, each W (S, out, in) and b (S, out) as `stack_module_state` stacks them."""
-
-    @staticmethod
-    def forward(ctx, x, y, readout_mult: float, table, *layers):
-        z, tokens, inputs = stacked_logits(x, readout_mult, table, layers)
-        log_probs = z.log_softmax(-1)
-        ctx.readout_mult = readout_mult
-        ctx.save_for_backward(log_probs, y, tokens, table, *inputs, *layers)
-        return -log_probs.gather(-1, y.unsqueeze(-1)).squeeze(-1).mean(1)
-
-    @staticmethod
-    def backward(ctx, grad_losses):
-        log_probs, y, tokens, table, *rest = ctx.saved_tensors
-        inputs, layers = rest[: len(rest) // 3], rest[len(rest) // 3 :]
-        members, batch = y.shape
-        # da = g m / B (softmax(z) - onehot(y)), in place of the saved log-probabilities (so a
-        # second backward through this graph is refused by autograd rather than wrong)
-        dz = _clamped_exp_(log_probs)
-        dz.scatter_add_(-1, y.unsqueeze(-1), dz.new_full((members, batch, 1), -1.0))
-        dz.mul_((grad_losses * (ctx.readout_mult / batch)).view(-1, 1, 1))
-        grads: list[torch.Tensor | None] = [None] * len(layers)
-        for i in reversed(range(len(inputs))):
-            weight, h = layers[2 * i], inputs[i]
-            grads[2 * i] = torch.bmm(dz.transpose(1, 2), h)
-            grads[2 * i + 1] = dz.sum(1)
-            if i == 0 and table is None:
-                break
-            dz = torch.bmm(dz, weight)
-            if i > 0:  # through the relu of the layer that made h
-                dz = torch.ops.aten.threshold_backward(dz, h, 0)
-        grad_table = None
-        if table is not None:
-            flat = torch.zeros_like(table).flatten(0, 1)
-            grad_table = flat.index_add_(0, tokens, dz.reshape(-1, table.shape[2])).view_as(table)
-        return None, None, None, grad_table, *grads
+def linear_names(depth: int) -> list[tuple[str, str]]:
+    """(weight, bias) names of each linear layer of an MLP of `depth` hidden layers, input first
+    (`models.MLP`'s names)."""
+    return [(f"hidden.{2 * i}.weight", f"hidden.{2 * i}.bias") for i in range(depth)] + [
+        ("readout.weight", "readout.bias")
+    ]
 
 
 def stacked_layers(params: dict[str, torch.Tensor], depth: int) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
     """(embedding tables or None, [W_1, b_1, ..., W_r, b_r]) from stacked parameters under
     `models.MLP`'s names, for an MLP of `depth` hidden layers."""
-    layers = []
-    for i in range(depth):
-        layers += [params[f"hidden.{2 * i}.weight"], params[f"hidden.{2 * i}.bias"]]
-    layers += [params["readout.weight"], params["readout.bias"]]
-    return params.get("embed.weight"), layers
+    return params.get("embed.weight"), [params[name] for pair in linear_names(depth) for name in pair]
 
 
 def stacked_logits(x, readout_mult: float, table, layers) -> tuple[torch.Tensor, torch.Tensor | None, list]:
@@ -125,7 +74,34 @@ def stacked_logits(x, readout_mult: float, table, layers) -> tuple[torch.Tensor,
     return (z.mul_(readout_mult) if readout_mult != 1 else z), tokens, inputs
 
 
-def stacked_mlp_cross_entropy(params: dict[str, torch.Tensor], x, y, depth: int, readout_mult: float):
-    """(S,) cross-entropy losses of S stacked MLPs of `depth` hidden layers (`models.MLP`'s names)."""
+@torch.no_grad()
+def stacked_mlp_grads(
+    params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, depth: int, readout_mult: float
+) -> dict[str, torch.Tensor]:
+    """The gradient of the sum of S stacked MLPs' mean cross-entropies on their own batches (x
+    (S, B, k) tokens or (S, B, in) vectors, y (S, B) labels), for every parameter under
+    `models.MLP`'s names: member s's slice is its own loss's gradient. Formulas: the module's
+    docstring."""
     table, layers = stacked_layers(params, depth)
-    return StackedMLPCrossEntropy.apply(x, y, readout_mult, table, *layers)
+    z, tokens, inputs = stacked_logits(x, readout_mult, table, layers)
+    dz = z.softmax(-1)
+    dz.scatter_add_(-1, y.unsqueeze(-1), dz.new_full((*y.shape, 1), -1.0))
+    scale = readout_mult / y.shape[1]
+    names = linear_names(depth)
+    grads: dict[str, torch.Tensor] = {}
+    for i in reversed(range(len(inputs))):
+        (weight_name, bias_name), weight, h = names[i], layers[2 * i], inputs[i]
+        grads[weight_name], grads[bias_name] = torch.bmm(dz.transpose(1, 2), h), dz.sum(1)
+        if i == depth:  # the readout: c on its gradients and on W_r rather than on dz
+            grads[weight_name].mul_(scale)
+            grads[bias_name].mul_(scale)
+            weight = weight * scale
+        if i == 0 and table is None:
+            break
+        dz = torch.bmm(dz, weight)
+        if i > 0:  # through the relu of the layer that made h
+            dz = torch.ops.aten.threshold_backward(dz, h, 0)
+    if table is not None:
+        flat = torch.zeros_like(table).flatten(0, 1)
+        grads["embed.weight"] = flat.index_add_(0, tokens, dz.reshape(-1, table.shape[2])).view_as(table)
+    return grads
