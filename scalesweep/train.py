@@ -49,7 +49,7 @@ from scalesweep.optim import Optimizer
 from scalesweep.plan import RunConfig, group_by_stack
 from scalesweep.spec import CheckpointSpec, TrainingSpec
 from scalesweep.zoo import FAMILIES, TASKS
-from scalesweep.zoo.data import Dataset, cross_entropy, loss_fn_for, masked_loss_fn_for
+from scalesweep.zoo.data import Dataset, cross_entropy, loss_fn_for, masked_cross_entropy, masked_loss_fn_for
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -513,10 +513,11 @@ class Ensemble:
         """Every member's gradient of its own loss (`losses`' arguments), into the stacked
         parameters' `.grad` (which the optimiser zeroed to None). The family's own gradients
         (`stacked_grads`, written out) where it has them for this loss, else autograd's."""
-        if self.stacked_grads is None or loss_fn is not cross_entropy or rows is not None:
+        written_out = (loss_fn is cross_entropy and rows is None) or loss_fn is masked_cross_entropy
+        if self.stacked_grads is None or not written_out:
             self.losses(loss_fn, x, y, rows).sum().backward()
             return
-        grads = self.stacked_grads(self.params(), x, y)
+        grads = self.stacked_grads(self.params(), x, y, rows)
         for (i, j), block in zip(self.spans, self.blocks, strict=True):
             for name, param in block.items():
                 param.grad = grads[name] if len(self.blocks) == 1 else grads[name][i:j]

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.func import stack_module_state
 
-from scalesweep.zoo.base import DataShape
-from scalesweep.zoo.data import cross_entropy
+from scalesweep.zoo.base import IGNORE, DataShape
+from scalesweep.zoo.data import cross_entropy, masked_cross_entropy
 from scalesweep.zoo.family_params import MLPParams
 from scalesweep.zoo.models import MLP
 
@@ -72,6 +72,29 @@ def test_each_members_gradient_equals_its_own_models(shape, depth, parametrizati
     if gain > 1:
         assert min(model(x[0]).log_softmax(-1).min().item() for model in models) < -87
     assert set(grads) == set(params)
+    for name, stacked in grads.items():
+        expected = torch.stack([g[name] for g in alone])
+        torch.testing.assert_close(stacked, expected, **(FLOAT64 if dtype == torch.float64 else FLOAT32), msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_padded_groups_gradients_are_each_members_over_its_own_rows(dtype):
+    """Members with batches of different lengths (a group of data sizes, padded): member s's
+    gradient is its loss's over its own rows (and not over an IGNORE label), as alone."""
+    models = members(TOKENS, 2, "sp", 1.0, dtype)
+    x = inputs(TOKENS)
+    y = torch.randint(CLASSES, (MEMBERS, BATCH), generator=torch.Generator().manual_seed(8))
+    y[1, 0] = IGNORE
+    rows = (torch.arange(BATCH) < torch.tensor([BATCH, 3, 1])[:, None]).to(dtype)
+
+    alone = []
+    for s, model in enumerate(models):
+        masked_cross_entropy(model(x[s]), y[s], rows[s]).backward()
+        alone.append({name: p.grad for name, p in model.named_parameters()})
+
+    params, _ = stack_module_state(models)
+    grads = models[0].stacked_grads(params, x, y, rows)
+
     for name, stacked in grads.items():
         expected = torch.stack([g[name] for g in alone])
         torch.testing.assert_close(stacked, expected, **(FLOAT64 if dtype == torch.float64 else FLOAT32), msg=name)

@@ -64,6 +64,14 @@ def loss_fn_for(data: Dataset) -> Callable[[torch.Tensor, torch.Tensor], torch.T
     return F.mse_loss
 
 
+def masked_cross_entropy(out: torch.Tensor, y: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the scored positions (not IGNORE) of the rows whose `rows` weight is 1:
+    their sum divided by their count (`masked_loss_fn_for`)."""
+    scored = (y != IGNORE) * rows.view(-1, *([1] * (y.dim() - 1)))
+    picked = out.log_softmax(-1).gather(-1, y.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return -(picked * scored).sum() / scored.sum()
+
+
 def masked_loss_fn_for(data: Dataset) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """`loss_fn_for(data)` over the rows whose `rows` weight is 1, for a vectorised group whose
     members' batches differ in length (padded to the longest, train.Ensemble): each member's loss is
@@ -71,13 +79,7 @@ def masked_loss_fn_for(data: Dataset) -> Callable[[torch.Tensor, torch.Tensor, t
     float rounding). Per-token tasks count the scored positions of those rows (IGNORE is left out,
     as F.cross_entropy's ignore_index does); regression counts every output of those rows."""
     if data.kind == "classification":
-
-        def nll(out: torch.Tensor, y: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-            scored = (y != IGNORE) * rows.view(-1, *([1] * (y.dim() - 1)))
-            picked = out.log_softmax(-1).gather(-1, y.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-            return -(picked * scored).sum() / scored.sum()
-
-        return nll
+        return masked_cross_entropy
     weights = data.loss_weights if data.loss_weights is not None else 1.0
 
     def mse(out: torch.Tensor, y: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

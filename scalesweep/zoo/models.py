@@ -120,11 +120,12 @@ class MLP(MupReadout, nn.Module):
         return stacked_logits(x, self.readout_mult, table, layers)[0]
 
     def stacked_grads(
-        self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+        self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         """The gradients of S stacked models' summed mean cross-entropies (`stacked_forward`'s
-        arguments, y (S, batch) labels), written out without autograd (`stacked_mlp`)."""
-        return stacked_mlp_grads(params, x, y, len(self.hidden) // 2, self.readout_mult)
+        arguments, y (S, batch) labels, `rows` each member's own rows or None: all),
+        written out without autograd (`stacked_mlp`)."""
+        return stacked_mlp_grads(params, x, y, len(self.hidden) // 2, self.readout_mult, rows)
 
     def lr_multipliers(self, optimizer: str) -> dict[str, float]:
         if self.parametrization != "mup":

@@ -34,6 +34,8 @@ import functools
 
 import torch
 
+from scalesweep.zoo.base import IGNORE
+
 
 @functools.lru_cache(maxsize=64)
 def table_offsets(members: int, rows: int, dims: int, device: torch.device) -> torch.Tensor:
@@ -76,17 +78,29 @@ def stacked_logits(x, readout_mult: float, table, layers) -> tuple[torch.Tensor,
 
 @torch.no_grad()
 def stacked_mlp_grads(
-    params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, depth: int, readout_mult: float
+    params: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    depth: int,
+    readout_mult: float,
+    rows: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The gradient of the sum of S stacked MLPs' mean cross-entropies on their own batches (x
     (S, B, k) tokens or (S, B, in) vectors, y (S, B) labels), for every parameter under
-    `models.MLP`'s names: member s's slice is its own loss's gradient. Formulas: the module's
-    docstring."""
+    `models.MLP`'s names: member s's slice is its own loss's gradient. `rows` (S, B): each member's
+    loss is over the rows weighted 1 and not labelled IGNORE (`data.masked_cross_entropy`: batches
+    of different lengths padded), so B above is its count of them and dz is 0 on the others.
+    Formulas: the module's docstring."""
     table, layers = stacked_layers(params, depth)
     z, tokens, inputs = stacked_logits(x, readout_mult, table, layers)
     dz = z.softmax(-1)
-    dz.scatter_add_(-1, y.unsqueeze(-1), dz.new_full((*y.shape, 1), -1.0))
-    scale = readout_mult / y.shape[1]
+    if rows is None:
+        scale = z.new_full((len(y), 1, 1), readout_mult / y.shape[1])
+        dz.scatter_add_(-1, y.unsqueeze(-1), dz.new_full((*y.shape, 1), -1.0))
+    else:
+        scored = (rows * (y != IGNORE)).unsqueeze(-1)
+        scale = readout_mult / scored.sum(1, keepdim=True)
+        dz.scatter_add_(-1, y.clamp_min(0).unsqueeze(-1), dz.new_full((*y.shape, 1), -1.0)).mul_(scored)
     names = linear_names(depth)
     grads: dict[str, torch.Tensor] = {}
     for i in reversed(range(len(inputs))):
@@ -94,7 +108,7 @@ def stacked_mlp_grads(
         grads[weight_name], grads[bias_name] = torch.bmm(dz.transpose(1, 2), h), dz.sum(1)
         if i == depth:  # the readout: c on its gradients and on W_r rather than on dz
             grads[weight_name].mul_(scale)
-            grads[bias_name].mul_(scale)
+            grads[bias_name].mul_(scale.view(-1, 1))
             weight = weight * scale
         if i == 0 and table is None:
             break
