@@ -24,8 +24,9 @@ and a scale in its backward); here one softmax gives dz, the factor c goes on th
 (W_r and the readout's gradients) rather than on dz, and nothing is recorded for a backward pass
 (benchmarks/RESULTS.md). The loss's value is not computed: training never reads it (evaluation
 computes its own, `observables`). Same arithmetic as autograd's: tests/test_stacked_mlp.py checks
-every member's gradient against its own model's (float64, sp and muP, tokens and vectors,
-confident and not), and tests/test_ensemble.py every member against its run trained alone.
+every member's gradient against its own model's (float64 and float32, sp and muP, tokens and
+vectors, confident and not, padded batches), and tests/test_ensemble.py and tests/test_groups.py
+every member against its run trained alone.
 """
 
 from __future__ import annotations
