@@ -461,7 +461,8 @@ class Ensemble:
     groups (its lr and weight decay) while a seed ensemble is one block, one tensor per parameter,
     as cheap for the optimiser as one model. Each member's own module stays usable (observables
     read it): its parameters and buffers are rebound to views of the stacked tensors, which the
-    optimiser updates in place. The forward concatenates the blocks (gradients flow back to each).
+    optimiser updates in place. The forward concatenates the blocks (autograd's gradients flow back
+    to each; a family's written-out gradients, `backward`, are sliced to each).
     """
 
     def __init__(self, models: list[nn.Module], keys: list[Any] | None = None):
@@ -510,17 +511,22 @@ class Ensemble:
         return loss(self.params(), self.buffers, x, y, *extra)
 
     def backward(self, loss_fn, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None) -> None:
-        """Every member's gradient of its own loss (`losses`' arguments), into the stacked
-        parameters' `.grad` (which the optimiser zeroed to None). The family's own gradients
-        (`stacked_grads`, written out) where it has them for this loss, else autograd's."""
-        written_out = (loss_fn is cross_entropy and rows is None) or loss_fn is masked_cross_entropy
-        if self.stacked_grads is None or not written_out:
+        """Every member's gradient of its own loss (`losses`' arguments), added into the stacked
+        parameters' `.grad` as autograd would. The family's own gradients (`stacked_grads`, written
+        out) where it has them for this loss, a cross-entropy over (S, batch) labels; else
+        autograd's."""
+        cross_entropy_of_labels = y.dim() == 2 and (
+            (loss_fn is cross_entropy and rows is None) or loss_fn is masked_cross_entropy
+        )
+        if self.stacked_grads is None or not cross_entropy_of_labels:
             self.losses(loss_fn, x, y, rows).sum().backward()
             return
-        grads = self.stacked_grads(self.params(), x, y, rows)
+        with torch.no_grad():  # the blocks' concatenation, not recorded
+            grads = self.stacked_grads(self.params(), x, y, rows)
         for (i, j), block in zip(self.spans, self.blocks, strict=True):
-            for name, param in block.items():
-                param.grad = grads[name] if len(self.blocks) == 1 else grads[name][i:j]
+            for name, param in block.items():  # with several blocks: views of one tensor
+                grad = grads[name] if len(self.blocks) == 1 else grads[name][i:j]
+                param.grad = grad if param.grad is None else param.grad + grad
 
     def grad_norms(self) -> list[float]:
         """Each member's gradient L2 norm (over all its parameters)."""

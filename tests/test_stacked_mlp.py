@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.func import stack_module_state
 
+from scalesweep.train import Ensemble
 from scalesweep.zoo.base import IGNORE, DataShape
 from scalesweep.zoo.data import cross_entropy, masked_cross_entropy
 from scalesweep.zoo.family_params import MLPParams
@@ -85,11 +86,11 @@ def test_a_padded_groups_gradients_are_each_members_over_its_own_rows(dtype):
     x = inputs(TOKENS)
     y = torch.randint(CLASSES, (MEMBERS, BATCH), generator=torch.Generator().manual_seed(8))
     y[1, 0] = IGNORE
-    rows = (torch.arange(BATCH) < torch.tensor([BATCH, 3, 1])[:, None]).to(dtype)
+    rows = (torch.arange(BATCH) < torch.tensor([BATCH, 3, 1])[:, None]).float()  # float32, as GroupData's
 
     alone = []
     for s, model in enumerate(models):
-        masked_cross_entropy(model(x[s]), y[s], rows[s]).backward()
+        masked_cross_entropy(model(x[s]), y[s], rows[s].to(dtype)).backward()
         alone.append({name: p.grad for name, p in model.named_parameters()})
 
     params, _ = stack_module_state(models)
@@ -98,3 +99,19 @@ def test_a_padded_groups_gradients_are_each_members_over_its_own_rows(dtype):
     for name, stacked in grads.items():
         expected = torch.stack([g[name] for g in alone])
         torch.testing.assert_close(stacked, expected, **(FLOAT64 if dtype == torch.float64 else FLOAT32), msg=name)
+
+
+def test_ensemble_backward_adds_into_existing_gradients_as_autograd_does():
+    """`Ensemble.backward` twice without zeroing: the written-out gradients add up, as autograd's
+    do (a loss that is not `cross_entropy` itself takes autograd's path), over several blocks."""
+    y = torch.randint(CLASSES, (MEMBERS, BATCH), generator=torch.Generator().manual_seed(8))
+    x = inputs(TOKENS)
+    through = {}
+    for path, loss_fn in [("written out", cross_entropy), ("autograd", lambda out, y: cross_entropy(out, y))]:
+        ensemble = Ensemble(members(TOKENS, 1, "sp", 1.0), keys=[0, 1, 1])  # two blocks
+        ensemble.backward(loss_fn, x, y)
+        ensemble.backward(loss_fn, x, y)
+        through[path] = {(k, name): p.grad for k, block in enumerate(ensemble.blocks) for name, p in block.items()}
+    assert len(through["autograd"]) == 2 * len(ensemble.blocks[0])
+    for key, grad in through["autograd"].items():
+        torch.testing.assert_close(through["written out"][key], grad, **FLOAT64, msg=str(key))

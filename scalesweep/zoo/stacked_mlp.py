@@ -95,25 +95,26 @@ def stacked_mlp_grads(
     table, layers = stacked_layers(params, depth)
     z, tokens, inputs = stacked_logits(x, readout_mult, table, layers)
     dz = z.softmax(-1)
+    dz.scatter_add_(-1, y.clamp_min(0).unsqueeze(-1), dz.new_full((*y.shape, 1), -1.0))
     if rows is None:
-        scale = z.new_full((len(y), 1, 1), readout_mult / y.shape[1])
-        dz.scatter_add_(-1, y.unsqueeze(-1), dz.new_full((*y.shape, 1), -1.0))
-    else:
-        scored = (rows * (y != IGNORE)).unsqueeze(-1)
-        scale = readout_mult / scored.sum(1, keepdim=True)
-        dz.scatter_add_(-1, y.clamp_min(0).unsqueeze(-1), dz.new_full((*y.shape, 1), -1.0)).mul_(scored)
+        counts = dz.new_full((len(y), 1, 1), y.shape[1])
+    else:  # each member's own rows, not IGNORE: dz is 0 on the others
+        scored = (rows.to(dz.dtype) * (y != IGNORE)).unsqueeze(-1)
+        dz.mul_(scored)
+        counts = scored.sum(1, keepdim=True)
+    scale = readout_mult / counts  # c, (S, 1, 1)
     names = linear_names(depth)
     grads: dict[str, torch.Tensor] = {}
     for i in reversed(range(len(inputs))):
         (weight_name, bias_name), weight, h = names[i], layers[2 * i], inputs[i]
         grads[weight_name], grads[bias_name] = torch.bmm(dz.transpose(1, 2), h), dz.sum(1)
-        if i == depth:  # the readout: c on its gradients and on W_r rather than on dz
+        readout = i == depth
+        if readout:  # c on its gradients and on W_r rather than on dz
             grads[weight_name].mul_(scale)
             grads[bias_name].mul_(scale.view(-1, 1))
-            weight = weight * scale
         if i == 0 and table is None:
             break
-        dz = torch.bmm(dz, weight)
+        dz = torch.bmm(dz, weight * scale if readout else weight)
         if i > 0:  # through the relu of the layer that made h
             dz = torch.ops.aten.threshold_backward(dz, h, 0)
     if table is not None:
