@@ -53,10 +53,12 @@ def linear_names(depth: int) -> list[tuple[str, str]]:
     ]
 
 
-def stacked_layers(params: dict[str, torch.Tensor], depth: int) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
-    """(embedding tables or None, [W_1, b_1, ..., W_r, b_r]) from stacked parameters under
+def stacked_layers(
+    params: dict[str, torch.Tensor], depth: int
+) -> tuple[torch.Tensor | None, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """(embedding tables or None, [(W_1, b_1), ..., (W_r, b_r)]) from stacked parameters under
     `models.MLP`'s names, for an MLP of `depth` hidden layers."""
-    return params.get("embed.weight"), [params[name] for pair in linear_names(depth) for name in pair]
+    return params.get("embed.weight"), [(params[weight], params[bias]) for weight, bias in linear_names(depth)]
 
 
 def stacked_logits(x, readout_mult: float, table, layers) -> tuple[torch.Tensor, torch.Tensor | None, list]:
@@ -70,10 +72,11 @@ def stacked_logits(x, readout_mult: float, table, layers) -> tuple[torch.Tensor,
         tokens = (x + table_offsets(members, table.shape[1], x.dim(), x.device)).flatten()
         h = table.flatten(0, 1).index_select(0, tokens).view(members, batch, -1)
     inputs = [h]
-    for weight, bias in zip(layers[0:-2:2], layers[1:-2:2], strict=True):
+    for weight, bias in layers[:-1]:
         h = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2)).relu_()
         inputs.append(h)
-    z = torch.baddbmm(layers[-1].unsqueeze(1), h, layers[-2].transpose(1, 2))
+    weight, bias = layers[-1]
+    z = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
     return (z.mul_(readout_mult) if readout_mult != 1 else z), tokens, inputs
 
 
@@ -106,7 +109,7 @@ def stacked_mlp_grads(
     names = linear_names(depth)
     grads: dict[str, torch.Tensor] = {}
     for i in reversed(range(len(inputs))):
-        (weight_name, bias_name), weight, h = names[i], layers[2 * i], inputs[i]
+        (weight_name, bias_name), (weight, _), h = names[i], layers[i], inputs[i]
         grads[weight_name], grads[bias_name] = torch.bmm(dz.transpose(1, 2), h), dz.sum(1)
         readout = i == depth
         if readout:  # c on its gradients and on W_r rather than on dz
